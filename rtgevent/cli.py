@@ -1,0 +1,85 @@
+"""The ``rtgevent`` command line: serve an application, or run the demo.
+
+The CLI is the one place besides tests and examples that monkey-patches: it does so
+before importing anything that might import socket, ssl or threading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _patch() -> None:
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
+
+
+def load_app(spec: str) -> Any:
+    """Import ``MODULE:NAME`` (``NAME`` may be dotted); ``MODULE`` alone means ``MODULE:app``."""
+    module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    obj: Any = importlib.import_module(module_name)
+    for part in (attr or "app").split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _serve(app: Any, bind: str, certfile: str | None, keyfile: str | None) -> int:
+    import gevent
+
+    from .gunicorn import drain_all
+    from .realtime import Realtime, instances
+    from .transport.server import make_server
+
+    server = make_server(app, bind, certfile=certfile, keyfile=keyfile)
+    for rt in list(instances):
+        if isinstance(rt, Realtime) and not rt._started:  # noqa: SLF001
+            rt.start()
+
+    def stop() -> None:
+        server.close()  # stop accepting first, then drain what is connected
+        drain_all()
+        server.stop(timeout=1)
+
+    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(stop))
+    gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(stop))
+    scheme = "https" if certfile else "http"
+    host, port = server.address[0], server.address[1]
+    server.start()
+    print(f"rtgevent: serving on {scheme}://{host}:{server.server_port}", flush=True)
+    del port
+    server.serve_forever()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rtgevent", description="realtime WebSocket gateway on gevent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a Flask app or a Realtime with gevent")
+    serve.add_argument("app", help="MODULE:APP")
+    serve.add_argument("--bind", default="127.0.0.1:8000")
+    serve.add_argument("--certfile")
+    serve.add_argument("--keyfile")
+    demo = sub.add_parser("demo", help="run the demo page, with embedded defaults")
+    demo.add_argument("--bind", default="127.0.0.1:8000")
+    args = parser.parse_args(argv)
+    _patch()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return _serve(load_app(args.app), args.bind, args.certfile, args.keyfile)
+    from .demo import make_demo_app
+
+    app = make_demo_app()
+    print(f"rtgevent demo: open http://{args.bind}/ in a browser", flush=True)
+    return _serve(app, args.bind, None, None)

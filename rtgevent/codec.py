@@ -1,0 +1,85 @@
+"""Codecs turn frames into `Message` envelopes and back (pure: no I/O).
+
+`Codec.encode` returns ``str`` for a text frame or ``bytes`` for a binary frame;
+`Codec.decode` raises `BadMessage` for anything it cannot understand, and nothing else:
+the reader relies on that to keep a healthy session open whatever a client sends.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import BadMessage
+from .message import Message
+
+__all__ = ["CmdCodec", "Codec", "JSONCodec"]
+
+
+@runtime_checkable
+class Codec(Protocol):
+    def encode(self, message: Message) -> str | bytes: ...
+
+    def decode(self, frame: str | bytes) -> Message: ...
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+class JSONCodec:
+    """The default codec: one JSON object per text frame (SPEC section 2)."""
+
+    def encode(self, message: Message) -> str:
+        envelope: dict[str, Any] = {"route": message.route}
+        if message.id is not None:
+            envelope["id"] = message.id
+        if message.data is not None:
+            envelope["data"] = message.data
+        if message.metadata:
+            envelope["metadata"] = message.metadata
+        return _encoder.encode(envelope)
+
+    def decode(self, frame: str | bytes) -> Message:
+        if not isinstance(frame, str):
+            raise BadMessage("binary frames are not accepted by the JSON codec")
+        try:
+            envelope = json.loads(frame)
+        except (ValueError, RecursionError) as exc:
+            raise BadMessage(f"invalid JSON: {exc}") from None
+        if not isinstance(envelope, dict):
+            raise BadMessage("an envelope must be a JSON object")
+        route = envelope.get("route")
+        if not isinstance(route, str) or not route:
+            raise BadMessage("an envelope needs a non-empty string route")
+        msg_id = envelope.get("id")
+        if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, (str, int))):
+            raise BadMessage("id must be a string or an integer")
+        metadata = envelope.get("metadata")
+        if metadata is not None and not (
+            isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+        ):
+            raise BadMessage("metadata must be an object of strings")
+        return Message(route, envelope.get("data"), id=msg_id, metadata=metadata)
+
+
+class CmdCodec:
+    """The seed-003 text protocol: ``"<route> <body>"``, the body being raw text.
+
+    For clients that cannot speak JSON.  There is no id, so requests get no replies;
+    an outgoing non-string body is written as JSON.
+    """
+
+    def encode(self, message: Message) -> str:
+        data = message.data
+        if data is None:
+            return message.route
+        body = data if isinstance(data, str) else _encoder.encode(data)
+        return f"{message.route} {body}"
+
+    def decode(self, frame: str | bytes) -> Message:
+        if not isinstance(frame, str):
+            raise BadMessage("binary frames are not accepted by the command codec")
+        route, _, body = frame.partition(" ")
+        if not route or not route.isprintable():
+            raise BadMessage("a command needs a route before the first space")
+        return Message(route, body)

@@ -1,0 +1,126 @@
+"""Runtime settings: the `Config` dataclass, the `Backpressure` enum, validation.
+
+Every field has a safe default so that ``Config()`` is production-safe on one node;
+``None`` disables a limit or timer explicitly (never a magic zero, as in the Go seed's
+``Disable*`` flags).  Invalid values raise `InvalidOption` naming the field at
+construction, not at the first connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import InvalidOption
+
+__all__ = ["Backpressure", "Config"]
+
+
+class Backpressure(enum.Enum):
+    """What `Session.send` does when the session's send queue is full."""
+
+    #: Close the slow consumer (1008 "send queue full", initiator ``backpressure``).
+    CLOSE = "close"
+    #: Drop the new message; `send` raises `BackpressureError`.
+    DROP_NEWEST = "drop_newest"
+    #: Drop the oldest queued message and queue the new one.
+    DROP_OLDEST = "drop_oldest"
+
+
+_SESSION_POLICIES = ("multi", "replace")
+_DURATIONS = (
+    "heartbeat_interval",
+    "pong_timeout",
+    "write_timeout",
+    "shutdown_timeout",
+    "auth_timeout",
+    "presence_ttl",
+)
+
+
+def _new_node_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+@dataclasses.dataclass
+class Config:
+    """Settings of one `Realtime`; see SPEC section 3 for each field."""
+
+    heartbeat_interval: float | None = 30.0
+    pong_timeout: float | None = 10.0
+    write_timeout: float | None = 10.0
+    read_limit: int = 1 << 20
+    send_queue_size: int = 256
+    backpressure: Backpressure = Backpressure.CLOSE
+    shutdown_timeout: float | None = 10.0
+    auth_timeout: float | None = 5.0
+    max_connections: int | None = 10000
+    presence_ttl: float = 90.0
+    node_id: str = dataclasses.field(default_factory=_new_node_id)
+    origin_patterns: list[str] = dataclasses.field(default_factory=list)
+    insecure_origins: bool = False
+    session_policy: str = "multi"
+    compression: bool = False
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        for name in _DURATIONS:
+            value = getattr(self, name)
+            if value is None and name != "presence_ttl":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidOption(name, f"expected seconds as a number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise InvalidOption(name, f"must be a positive number of seconds, got {value!r}")
+            setattr(self, name, float(value))
+        _positive_int(self, "read_limit")
+        _positive_int(self, "send_queue_size")
+        if self.max_connections is not None:
+            _positive_int(self, "max_connections")
+        if isinstance(self.backpressure, str):
+            try:
+                self.backpressure = Backpressure(self.backpressure.lower())
+            except ValueError:
+                raise InvalidOption("backpressure", f"unknown policy {self.backpressure!r}") from None
+        if not isinstance(self.backpressure, Backpressure):
+            raise InvalidOption("backpressure", f"expected a Backpressure, got {self.backpressure!r}")
+        if not isinstance(self.node_id, str) or not self.node_id or not self.node_id.isprintable():
+            raise InvalidOption("node_id", f"must be a non-empty printable string, got {self.node_id!r}")
+        if isinstance(self.origin_patterns, str) or not all(
+            isinstance(p, str) and p for p in self.origin_patterns
+        ):
+            raise InvalidOption("origin_patterns", "must be a list of non-empty strings")
+        self.origin_patterns = list(self.origin_patterns)
+        if self.session_policy not in _SESSION_POLICIES:
+            raise InvalidOption("session_policy", f"must be one of {_SESSION_POLICIES}, got {self.session_policy!r}")
+        for name in ("insecure_origins", "compression", "debug"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidOption(name, f"expected a bool, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], prefix: str = "RTGEVENT_") -> Config:
+        """Build a Config from ``mapping`` keys like ``RTGEVENT_READ_LIMIT`` (a Flask config).
+
+        Unknown keys under the prefix are refused, so a typo does not silently fall back
+        to a default.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in mapping.items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix):].lower()
+            if name not in fields:
+                raise InvalidOption(key, "not a rtgevent setting")
+            values[name] = value
+        return cls(**values)
+
+
+def _positive_int(config: Config, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidOption(name, f"must be a positive integer, got {value!r}")

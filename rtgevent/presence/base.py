@@ -1,0 +1,24 @@
+"""The `Presence` protocol every presence store implements."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from ..types import SessionInfo
+
+__all__ = ["Presence"]
+
+
+@runtime_checkable
+class Presence(Protocol):
+    def register(self, info: SessionInfo) -> None: ...
+
+    def unregister(self, session_id: str) -> None: ...
+
+    def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]: ...
+
+    def is_online(self, tenant_id: str, identity_id: str) -> bool: ...
+
+    def renew(self, node_id: str, ttl: float) -> None: ...
+
+    def close(self) -> None: ...

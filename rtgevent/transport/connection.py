@@ -1,0 +1,553 @@
+"""The frame engine: one WebSocket on one socket, under gevent.
+
+Theory of operation
+-------------------
+Every byte in and out goes through `websockets`' sans-I/O `Protocol` (framing, masking
+checks, control frames, close handshake, size limit at the frame header).  This module
+only moves bytes between it and the socket, with three kinds of work:
+
+* **reader** — the WSGI request greenlet itself (a session costs no extra greenlet while
+  idle).  It feeds received bytes to the protocol, assembles messages and hands each to
+  ``on_message`` in order.  It ends the session when the stream ends.
+* **writer** — whoever drains the outbox.  At most one greenlet is the writer at a time
+  (``_writing``), so frames never interleave: control frames the protocol produced
+  (pongs, close echoes), a due ping, then queued data frames.  The reader drains inline
+  after a batch of messages (replies need no extra greenlet); a send from anywhere else
+  spawns a short-lived writer greenlet that exits when the outbox is empty.
+* **heartbeat** — one libev timer per session, no greenlet: it asks the writer for a ping
+  and, when no pong came within ``pong_timeout``, closes with 1011.
+
+Lifecycle, as a table (state → event → next state)::
+
+    OPEN     close requested (any side)      → CLOSING   close frame queued, writer kicked
+    OPEN     stream failed / ended           → CLOSED
+    CLOSING  close frame echoed / EOF        → CLOSED
+    CLOSING  no echo within close timeout    → CLOSED    (socket shut down)
+
+The first close request wins: it decides the ``initiator`` of the `DisconnectInfo`.
+`run` returns only after every greenlet and timer of the connection is gone ("release"):
+returning earlier lets the server close the socket under a live watcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent import Greenlet, Timeout, getcurrent
+from gevent.event import Event
+from websockets.exceptions import InvalidState, PayloadTooBig, ProtocolError
+from websockets.extensions.base import Extension
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.protocol import CLOSED, OPEN, SEND_EOF, Protocol, Side
+
+from ..config import Backpressure
+from ..errors import BackpressureError, SessionClosed
+from ..outbox import Outbox, Verdict
+from ..types import Initiator
+
+__all__ = ["Closing", "Connection", "close_frame", "encode_frame"]
+
+log = logging.getLogger("rtgevent.transport")
+
+_RECV_SIZE = 1 << 16
+#: How long to wait for the client's close frame after ours before dropping TCP.
+CLOSE_TIMEOUT = 5.0
+#: The reader writes at most this many frames inline before handing off to a writer greenlet,
+#: so that a steady broadcast stream cannot keep it from reading (and from seeing pongs).
+_INLINE_BUDGET = 32
+_YIELD_EVERY = 64
+
+
+class _WriteTimeout(Exception):
+    pass
+
+
+class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets logs every closed connection at INFO; we report closes ourselves."""
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's name
+        return level >= logging.WARNING and self.logger.isEnabledFor(level)
+
+
+_protocol_logger = _QuietLogger(logging.getLogger("rtgevent.protocol"), {})
+
+
+def _header(opcode: int, length: int) -> bytes:
+    if length < 126:
+        return bytes((0x80 | opcode, length))
+    if length < 1 << 16:
+        return bytes((0x80 | opcode, 126)) + length.to_bytes(2, "big")
+    return bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
+
+
+def encode_frame(payload: str | bytes) -> bytes:
+    """A complete, unmasked, unfragmented server frame (RFC 6455 section 5.2).
+
+    Server frames are never masked, so one frame can be written to every session that
+    negotiated no extension: a broadcast is framed once, not once per session.
+    """
+    if isinstance(payload, str):
+        data = payload.encode()
+        return _header(0x1, len(data)) + data
+    return _header(0x2, len(payload)) + payload
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    """A complete server close frame, for refusing a connection before it runs."""
+    return Frame(Opcode.CLOSE, Close(code, reason).serialize()).serialize(mask=False)
+
+
+class Closing:
+    """A close request: who asked, with which code, and whether queued data goes first."""
+
+    __slots__ = ("abort", "code", "error", "flush", "initiator", "reason")
+
+    def __init__(
+        self,
+        initiator: Initiator,
+        code: int,
+        reason: str,
+        *,
+        flush: bool,
+        error: BaseException | None = None,
+        abort: bool = False,
+    ) -> None:
+        #: True when the stream failed under us (no close handshake was possible)
+        self.abort = abort
+        self.initiator = initiator
+        self.code = code
+        self.reason = reason
+        self.flush = flush
+        self.error = error
+
+
+# An outbox item: a ready frame (no extension negotiated), or (is_text, payload) to be
+# framed (and compressed) by the protocol.
+OutItem = bytes | tuple[bool, bytes]
+
+
+class Connection:
+    """One WebSocket connection; see the module docstring for who does what."""
+
+    __slots__ = (
+        "_close_timer",
+        "_closing",
+        "_done",
+        "_fragments",
+        "_fragments_text",
+        "_heartbeat_interval",
+        "_hb_timer",
+        "_loop",
+        "_on_message",
+        "_outbox",
+        "_ping_due",
+        "_ping_seq",
+        "_pong_timeout",
+        "_protocol",
+        "_reader",
+        "_room",
+        "_sock",
+        "_waiting_pong",
+        "_write_timeout",
+        "_writer",
+        "_writing",
+        "extensions",
+        "failure",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        read_limit: int,
+        write_timeout: float | None,
+        heartbeat_interval: float | None,
+        pong_timeout: float | None,
+        send_queue_size: int,
+        backpressure: Backpressure,
+        extensions: list[Extension],
+        stats: Any,
+    ) -> None:
+        self._sock = sock
+        protocol = Protocol(Side.SERVER, state=OPEN, max_size=read_limit, logger=_protocol_logger)
+        protocol.extensions = list(extensions)
+        self._protocol = protocol
+        self.extensions = bool(extensions)
+        self._write_timeout = write_timeout
+        self._heartbeat_interval = heartbeat_interval
+        self._pong_timeout = pong_timeout
+        self._outbox: Outbox[OutItem] = Outbox(send_queue_size, backpressure)
+        self._writing = False
+        self._writer: Greenlet | None = None
+        self._reader: Any = None
+        self._room: Event | None = None
+        self._closing: Closing | None = None
+        self._close_timer: Any = None
+        self._hb_timer: Any = None
+        self._ping_due = False
+        self._ping_seq = 0
+        self._waiting_pong = False
+        self._fragments: list[bytes] | None = None
+        self._fragments_text = False
+        self._done = False
+        self._loop = gevent.get_hub().loop
+        self._on_message: Callable[[str | bytes], None] | None = None
+        #: the exception that ended the connection abnormally, if any
+        self.failure: BaseException | None = None
+        self.stats = stats
+
+    # ------------------------------------------------------------------ sending
+
+    @property
+    def closing(self) -> Closing | None:
+        return self._closing
+
+    @property
+    def reader(self) -> Any:
+        """The greenlet serving this connection (None before `run`)."""
+        return self._reader
+
+    def frame(self, payload: str | bytes) -> OutItem:
+        """Prepare ``payload`` for this connection's outbox."""
+        if not self.extensions:
+            return encode_frame(payload)
+        if isinstance(payload, str):
+            return (True, payload.encode())
+        return (False, payload)
+
+    def enqueue(self, item: OutItem) -> None:
+        """Queue a data frame, applying the backpressure policy (SPEC section 5).
+
+        From the connection's own reader (a handler answering), a full queue makes the
+        reader wait for room instead: the client is slowed, not dropped.
+        """
+        if self._closing is not None or self._done:
+            raise SessionClosed("session is closing")
+        outbox = self._outbox
+        if getcurrent() is self._reader and outbox.full():
+            self._wait_for_room()
+            if self._closing is not None or self._done:
+                raise SessionClosed("session is closing")
+            outbox.force(item)
+            self._kick()
+            return
+        verdict = outbox.push(item)
+        if verdict is Verdict.QUEUED:
+            self._kick()
+            return
+        self.stats.queue_drops += 1
+        if verdict is Verdict.DROPPED_OLDEST:
+            self._kick()
+            return
+        if verdict is Verdict.DROPPED_NEWEST:
+            raise BackpressureError("send queue full, message dropped")
+        self.stats.backpressure_closes += 1
+        self.close(Closing(Initiator.BACKPRESSURE, 1008, "send queue full", flush=False))
+        raise SessionClosed("send queue full: session closed")
+
+    def _wait_for_room(self) -> None:
+        self._kick()
+        while self._outbox.full() and self._closing is None and not self._done:
+            if self._room is None:
+                self._room = Event()
+            self._room.clear()
+            self._room.wait(1.0)
+
+    def close(self, closing: Closing) -> bool:
+        """Start the closing handshake; the first request wins.  Never blocks.
+
+        Returns False when the connection was already closing or closed.
+        """
+        if self._closing is not None or self._done or self._protocol.close_rcvd is not None:
+            return False
+        self._closing = closing
+        self._start_close_timer()
+        if not closing.flush:
+            self._outbox.clear()
+        self._stop_heartbeat()
+        if self._room is not None:
+            self._room.set()
+        self._kick()
+        return True
+
+    def _kick(self) -> None:
+        """Make sure a writer will run; inline in the reader, else in a new greenlet."""
+        if self._writing or self._done:
+            return
+        if getcurrent() is self._reader:
+            if self._drain(_INLINE_BUDGET):
+                self._spawn_writer()
+        elif self._writer is None:
+            self._spawn_writer()
+
+    def _spawn_writer(self) -> None:
+        if self._writer is None and not self._done:
+            self._writer = gevent.spawn(self._writer_main)
+
+    def _writer_main(self) -> None:
+        try:
+            self._drain(None)
+        finally:
+            self._writer = None
+
+    def _drain(self, budget: int | None) -> bool:
+        """Write until nothing is left (or ``budget`` frames); True if work remains."""
+        if self._writing:
+            return False
+        self._writing = True
+        protocol = self._protocol
+        outbox = self._outbox
+        written = 0
+        try:
+            while True:
+                if self._ping_due and protocol.state is OPEN:
+                    self._ping_due = False
+                    self._ping_seq += 1
+                    protocol.send_ping(self._ping_seq.to_bytes(4, "big"))
+                closing = self._closing
+                if closing is not None and protocol.state is OPEN and not len(outbox):
+                    self._send_close(closing)
+                chunks = protocol.data_to_send()
+                if not chunks:
+                    if protocol.state is not OPEN:
+                        outbox.clear()
+                        return False
+                    item = outbox.pop()
+                    if item is None:
+                        return False
+                    if self._room is not None:
+                        self._room.set()
+                    if type(item) is bytes:
+                        chunks = [item]
+                    else:
+                        is_text, payload = item  # type: ignore[misc]
+                        if is_text:
+                            protocol.send_text(payload)
+                        else:
+                            protocol.send_binary(payload)
+                        chunks = protocol.data_to_send()
+                    self.stats.messages_out += 1
+                for chunk in chunks:
+                    self._write(chunk)
+                written += 1
+                if budget is not None and written >= budget:
+                    return bool(len(outbox)) or bool(protocol.writes)
+                if written % _YIELD_EVERY == 0:
+                    self._writing = False
+                    gevent.sleep(0)  # let other sessions' work run between long bursts
+                    if self._writing or self._done:
+                        return False
+                    self._writing = True
+        except (OSError, _WriteTimeout, InvalidState) as exc:
+            self._abort(exc)
+            return False
+        finally:
+            self._writing = False
+
+    def _send_close(self, closing: Closing) -> None:
+        try:
+            self._protocol.send_close(closing.code, closing.reason)
+        except ProtocolError:
+            self._protocol.send_close(CloseCode.INTERNAL_ERROR, "")
+
+    def _start_close_timer(self) -> None:
+        """Whatever happens next, the socket is shut ``CLOSE_TIMEOUT`` from now."""
+        if self._close_timer is None and not self._done:
+            timer = self._loop.timer(CLOSE_TIMEOUT)
+            timer.start(self._close_timed_out)
+            self._close_timer = timer
+
+    def _write(self, chunk: bytes) -> None:
+        if chunk is SEND_EOF or not chunk:
+            # The protocol is done sending: a server closes TCP first (RFC 6455 section 7.1.1).
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self._start_close_timer()
+            return
+        if self._write_timeout is None:
+            self._sock.sendall(chunk)
+            return
+        with Timeout(self._write_timeout, _WriteTimeout):
+            self._sock.sendall(chunk)
+
+    def _abort(self, exc: BaseException | None) -> None:
+        """The stream is unusable: stop both directions now, waking the reader."""
+        if self.failure is None and exc is not None:
+            self.failure = exc
+        if self._closing is None:
+            self._closing = Closing(Initiator.ERROR, 1006, "connection failed", flush=False, error=exc, abort=True)
+        self._outbox.clear()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _close_timed_out(self) -> None:
+        # Runs in the hub: only non-blocking work.
+        self._abort(None)
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat_interval is not None:
+            self._arm(self._heartbeat_interval)
+
+    def _arm(self, seconds: float) -> None:
+        timer = self._loop.timer(seconds)
+        timer.start(self._on_heartbeat)
+        old, self._hb_timer = self._hb_timer, timer
+        if old is not None:
+            old.stop()
+
+    def _stop_heartbeat(self) -> None:
+        timer, self._hb_timer = self._hb_timer, None
+        if timer is not None:
+            timer.stop()
+
+    def _on_heartbeat(self) -> None:
+        # Runs in the hub: never block here, only ask the writer.
+        if self._closing is not None or self._done:
+            return
+        if self._waiting_pong:
+            self.close(Closing(Initiator.HEARTBEAT, 1011, "ping timeout", flush=False))
+            return
+        self._ping_due = True
+        self._kick()
+        if self._pong_timeout is not None:
+            self._waiting_pong = True
+            self._arm(self._pong_timeout)
+        else:
+            assert self._heartbeat_interval is not None
+            self._arm(self._heartbeat_interval)
+
+    def _got_pong(self) -> None:
+        if self._waiting_pong:
+            self._waiting_pong = False
+            assert self._heartbeat_interval is not None
+            self._arm(self._heartbeat_interval)
+
+    # ------------------------------------------------------------------ reading
+
+    def run(self, pending: bytes, on_message: Callable[[str | bytes], None], on_open: Callable[[], None]) -> None:
+        """Serve the connection in the calling greenlet until it ends, then release it.
+
+        ``on_open`` runs first (in this greenlet) and may close the connection;
+        ``on_message`` gets each complete message, in order.
+        """
+        self._reader = getcurrent()
+        self._on_message = on_message
+        protocol = self._protocol
+        sock = self._sock
+        try:
+            self._start_heartbeat()
+            on_open()
+            if pending:
+                self._feed(pending)
+            while protocol.state is not CLOSED:
+                try:
+                    data = sock.recv(_RECV_SIZE)
+                except OSError as exc:
+                    if self.failure is None and self._closing is None:
+                        self.failure = exc
+                    break
+                self._feed(data)
+                if not data:
+                    break  # EOF: nothing more will come, whatever the protocol thinks
+        finally:
+            self._release()
+
+    def _feed(self, data: bytes) -> None:
+        protocol = self._protocol
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        self._handle_events(protocol.events_received())
+        if protocol.writes or len(self._outbox):
+            self._kick()
+
+    def _handle_events(self, events: list[Frame]) -> None:
+        for frame in events:
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if frame.fin:
+                    self._deliver(frame.data, opcode is Opcode.TEXT)
+                else:
+                    self._fragments = [bytes(frame.data)]
+                    self._fragments_text = opcode is Opcode.TEXT
+            elif opcode is Opcode.CONT:
+                fragments = self._fragments
+                if fragments is None:  # the protocol refuses this already; be safe
+                    continue
+                fragments.append(bytes(frame.data))
+                if frame.fin:
+                    self._fragments = None
+                    self._deliver(b"".join(fragments), self._fragments_text)
+            elif opcode is Opcode.PONG:
+                self._got_pong()
+            if self._protocol.state is not OPEN and opcode is not Opcode.CLOSE:
+                break
+
+    def _deliver(self, data: Any, is_text: bool) -> None:
+        if self._closing is not None or self._on_message is None:
+            return  # closing: the client's late messages are not dispatched
+        payload: str | bytes
+        if is_text:
+            try:
+                payload = str(data, "utf-8")
+            except UnicodeDecodeError as exc:
+                # RFC 6455 section 8.1: invalid UTF-8 in a text message fails the connection.
+                self.failure = exc
+                self._protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                self._kick()
+                return
+        else:
+            payload = data if type(data) is bytes else bytes(data)
+        self.stats.messages_in += 1
+        self._on_message(payload)
+
+    def _release(self) -> None:
+        self._done = True
+        self._stop_heartbeat()
+        timer, self._close_timer = self._close_timer, None
+        if timer is not None:
+            timer.stop()
+        if self._room is not None:
+            self._room.set()
+        writer = self._writer
+        if writer is not None and writer is not getcurrent():
+            writer.kill(block=True, timeout=CLOSE_TIMEOUT)
+        self._writer = None
+        self._outbox.clear()
+        self._on_message = None
+
+    # ------------------------------------------------------------------ results
+
+    def outcome(self) -> tuple[Initiator, int, str, BaseException | None]:
+        """Who ended the connection, with which code and reason, and the error if any."""
+        protocol = self._protocol
+        closing = self._closing
+        parser_exc = protocol.parser_exc
+        if closing is not None and not closing.abort:
+            return closing.initiator, closing.code, closing.reason, closing.error
+        if isinstance(parser_exc, (ProtocolError, PayloadTooBig)) or isinstance(self.failure, UnicodeDecodeError):
+            sent = protocol.close_sent
+            code = sent.code if sent is not None else 1002
+            reason = sent.reason if sent is not None else ""
+            return Initiator.ERROR, code, reason, parser_exc or self.failure
+        rcvd = protocol.close_rcvd
+        if rcvd is not None:
+            return Initiator.CLIENT, rcvd.code, rcvd.reason, None
+        if closing is not None:
+            return closing.initiator, closing.code, closing.reason, closing.error or self.failure
+        failure = self.failure
+        if isinstance(failure, (_WriteTimeout, Timeout)):
+            return Initiator.ERROR, 1006, "write timeout", failure
+        return Initiator.CLIENT, 1006, "connection dropped", failure

@@ -1,0 +1,63 @@
+"""The gevent WSGI server behind ``rtgevent serve`` and ``rtgevent demo``.
+
+gevent's pywsgi waits forever for a request's headers, so a client that opens a
+connection and dribbles its upgrade request one byte a minute holds a greenlet and a
+socket indefinitely (a slowloris).  `HeaderTimeoutHandler` bounds the request line and
+headers, and the idle time between keep-alive requests, by ``header_timeout``; the
+application's own run time is not bounded (a WebSocket session lasts as long as it lasts).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from gevent import Timeout
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+__all__ = ["HEADER_TIMEOUT", "HeaderTimeoutHandler", "make_server", "parse_bind"]
+
+HEADER_TIMEOUT = 10.0
+
+
+class HeaderTimeoutHandler(WSGIHandler):  # type: ignore[misc]
+    header_timeout = HEADER_TIMEOUT
+    _header_timer: Timeout | None = None
+
+    def handle_one_request(self) -> Any:
+        # A socket error ends the connection quietly in pywsgi (no 500, no traceback).
+        timer = Timeout.start_new(self.header_timeout, socket.timeout("request header timeout"))
+        self._header_timer = timer
+        try:
+            return super().handle_one_request()
+        finally:
+            timer.close()
+
+    def read_request(self, raw_requestline: str) -> Any:
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            if self._header_timer is not None:
+                self._header_timer.close()  # headers are in: the application runs unbounded
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"rtgevent: --bind wants HOST:PORT, got {bind!r}")
+    return host.strip("[]"), int(port)
+
+
+def make_server(
+    app: Callable[..., Any],
+    bind: str,
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    log: Any = "default",
+) -> WSGIServer:
+    ssl_args: dict[str, Any] = {}
+    if certfile:
+        ssl_args = {"certfile": certfile, "keyfile": keyfile or certfile}
+    return WSGIServer(parse_bind(bind), app, handler_class=HeaderTimeoutHandler, log=log, **ssl_args)
