@@ -1,0 +1,168 @@
+"""Shared fixtures: real servers on port 0, in every setup our users deploy with.
+
+The pytest process is monkey-patched first thing, so blocking clients (websocket-client,
+raw sockets) and in-process servers share one gevent hub: a blocking call in a test
+yields to the server's greenlets.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import urllib.request  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+import pytest  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+from geventwebsocket.handler import WebSocketHandler  # noqa: E402
+
+from tests.app import make_app  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SETUPS = ["geventwebsocket", "pywsgi", "gunicorn"]
+#: generous: the machine is a busy 2-core box
+WAIT = 20.0
+
+
+@dataclasses.dataclass
+class Server:
+    kind: str
+    host: str
+    port: int
+    stop: Callable[[], None]
+    app: Any = None
+    process: subprocess.Popen[bytes] | None = None
+    log: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def control(self, action: str, **query: Any) -> Any:
+        qs = "&".join(f"{k}={v}" for k, v in query.items())
+        with urllib.request.urlopen(f"{self.http_url}/_control/{action}?{qs}", timeout=WAIT) as resp:
+            return json.loads(resp.read())
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
+        """Poll ``predicate`` (an HTTP observation) until truthy; fail after ``timeout``."""
+        with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                gevent.sleep(0.02)
+
+    def disconnects(self, count: int = 1) -> list[dict[str, Any]]:
+        return self.wait_for(
+            lambda: (d := self.control("disconnects")) and len(d) >= count and d,
+            what=f"{count} disconnect(s)",
+        )
+
+
+def start_inprocess(kind: str, **config: Any) -> Server:
+    app = make_app(**config)
+    handler = WebSocketHandler if kind == "geventwebsocket" else None
+    kwargs: dict[str, Any] = {"log": None, "error_log": None}
+    if handler is not None:
+        kwargs["handler_class"] = handler
+    server = WSGIServer(("127.0.0.1", 0), app, **kwargs)
+    server.start()
+
+    def stop() -> None:
+        app.rt.shutdown(timeout=5)  # type: ignore[attr-defined]
+        server.stop(timeout=5)
+
+    return Server(kind, "127.0.0.1", server.server_port, stop, app=app)
+
+
+def start_gunicorn(*, worker: str = "gevent", extra_args: tuple[str, ...] = (), **config: Any) -> Server:
+    env = dict(os.environ, RTG_TEST_CONFIG=json.dumps(config), PYTHONPATH=str(ROOT))
+    cmd = [
+        sys.executable, "-m", "gunicorn", "-k", worker, "--no-control-socket", "-w", "1",
+        "-b", "127.0.0.1:0", "-c", "python:rtgevent.gunicorn", "--graceful-timeout", "10",
+        *extra_args, "tests.app:app_from_env()",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log: list[str] = []
+    port_found = gevent.event.AsyncResult()
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            log.append(line)
+            m = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
+            if m and not port_found.ready():
+                port_found.set(int(m.group(1)))
+        if not port_found.ready():
+            port_found.set_exception(RuntimeError("gunicorn exited:\n" + "\n".join(log)))
+
+    gevent.spawn(drain)
+    port = port_found.get(timeout=WAIT)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    server = Server("gunicorn", "127.0.0.1", port, stop, process=proc, log=log)
+    # the worker boots after the master listens: wait until it answers
+    server.wait_for(lambda: _answers(server), what="gunicorn worker")
+    return server
+
+
+def _answers(server: Server) -> bool:
+    try:
+        server.control("stats")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(params=SETUPS)
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Server]]:
+    """``serve(**config)`` starts the test app in the parametrized setup; stopped after the test."""
+    started: list[Server] = []
+
+    def factory(**config: Any) -> Server:
+        kind = request.param
+        server = start_gunicorn(**config) if kind == "gunicorn" else start_inprocess(kind, **config)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def serve_local() -> Iterator[Callable[..., Server]]:
+    """An in-process pywsgi server only (for tests that reach into the Realtime)."""
+    started: list[Server] = []
+
+    def factory(**config: Any) -> Server:
+        server = start_inprocess(config.pop("kind", "pywsgi"), **config)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
