@@ -157,15 +157,17 @@ class RawClient:
                 return f
 
     def at_eof(self) -> bool:
-        """True once the server has closed TCP (after any buffered bytes are read)."""
+        """True once the server has closed TCP; then closes our side too, as a polite client does."""
         try:
             while True:
                 chunk = self.sock.recv(65536)
                 if not chunk:
-                    return True
+                    break
                 self.buf += chunk
         except (ConnectionResetError, BrokenPipeError):
-            return True
+            pass
+        self.close()
+        return True
 
     def close(self) -> None:
         try:

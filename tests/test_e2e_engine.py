@@ -84,6 +84,7 @@ def test_server_close_code_and_reason_reach_the_client(serve) -> None:
     got = client.expect_close()
     assert (got.close_code, got.close_reason) == (4000, "done here")
     client.send(rawws.frame(rawws.CLOSE, got.payload))
+    assert client.at_eof()
     [info] = server.disconnects()
     assert (info["code"], info["reason"], info["initiator"], info["expected"]) == (4000, "done here", "server", True)
 
