@@ -44,7 +44,7 @@ def _serve(app: Any, bind: str, certfile: str | None, keyfile: str | None) -> in
 
     server = make_server(app, bind, certfile=certfile, keyfile=keyfile)
     for rt in list(instances):
-        if isinstance(rt, Realtime) and not rt._started:  # noqa: SLF001
+        if isinstance(rt, Realtime) and not rt._started:
             rt.start()
 
     def stop() -> None:

@@ -118,7 +118,7 @@ def deliver_local(sessions: list[Session], envelope: str | bytes) -> int:
     delivered = 0
     for session in sessions:
         try:
-            session._push_frame(frame, envelope)  # noqa: SLF001
+            session._push_frame(frame, envelope)
         except (SessionClosed, BackpressureError):
             continue
         delivered += 1
@@ -128,7 +128,7 @@ def deliver_local(sessions: list[Session], envelope: str | bytes) -> int:
 def kick_local(sessions: list[Session], code: int, reason: str, initiator: Initiator) -> int:
     closed = 0
     for session in sessions:
-        if session._close(Closing(initiator, code, reason, flush=False)):  # noqa: SLF001
+        if session._close(Closing(initiator, code, reason, flush=False)):
             closed += 1
     return closed
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ERROR_ROUTE", "AUTH_ROUTE", "REPLY_ROUTE", "Message", "error_message", "reply_message"]
+__all__ = ["AUTH_ROUTE", "ERROR_ROUTE", "REPLY_ROUTE", "Message", "error_message", "reply_message"]
 
 REPLY_ROUTE = "rt.reply"
 ERROR_ROUTE = "rt.error"
@@ -29,7 +29,7 @@ class Message:
         route: str,
         data: Any = None,
         *,
-        id: MessageId | None = None,  # noqa: A002 - the wire name, as in SPEC section 2
+        id: MessageId | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self.route = route

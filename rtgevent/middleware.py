@@ -50,7 +50,7 @@ def recovery() -> Middleware:
             except RealtimeError:
                 raise
             except Exception as exc:
-                session._report(exc)  # noqa: SLF001 - the one hook the session offers middleware
+                session._report(exc)
                 raise _Reported(_describe(session, exc)) from exc
 
         return handler
@@ -59,10 +59,10 @@ def recovery() -> Middleware:
 
 
 def _describe(session: Session, exc: BaseException) -> str:
-    return f"handler error: {exc!r}" if session._debug else "handler error"  # noqa: SLF001
+    return f"handler error: {exc!r}" if session._debug else "handler error"
 
 
-class _Timeout(gevent.Timeout):
+class _Timeout(gevent.Timeout):  # type: ignore[misc]
     pass
 
 

@@ -49,7 +49,7 @@ from .presence.memory import MemoryPresence
 from .router import Router
 from .session import Session
 from .transport.acquire import Acquired, acquire, uses_prior_handshake
-from .transport.connection import Closing, Connection, close_frame
+from .transport.connection import Closing, Connection, Outcome, close_frame
 from .transport.handshake import Accept, Refusal, check_upgrade, origin_allowed, refusal
 from .types import DisconnectInfo, Identity, Initiator, SessionInfo
 
@@ -341,7 +341,7 @@ class Realtime:
             if in_band:
                 state.auth_timer = gevent.get_hub().loop.timer(config.auth_timeout or 1e9)
                 state.auth_timer.start(
-                    session._close,  # noqa: SLF001
+                    session._close,
                     Closing(Initiator.ERROR, 1008, "authentication timeout", flush=False),
                 )
                 return
@@ -358,7 +358,7 @@ class Realtime:
         finally:
             if state.auth_timer is not None:
                 state.auth_timer.stop()
-            self._end(session, conn, state.registered)
+            self._end(session, conn.outcome(), state.registered)
 
     def _register(self, session: Session) -> bool:
         """Put a session in the hub and presence, run on_connect; False if it was rejected."""
@@ -370,7 +370,7 @@ class Realtime:
         except Exception as exc:
             self._hub.remove(session)
             self._report(exc, session)
-            session._close(Closing(Initiator.ERROR, 1011, "presence unavailable", flush=False))  # noqa: SLF001
+            session._close(Closing(Initiator.ERROR, 1011, "presence unavailable", flush=False))
             return False
         try:
             for hook in self._on_connect:
@@ -379,7 +379,7 @@ class Realtime:
             self._unregister(session)
             self._report(exc, session)
             code = 1008 if isinstance(exc, Unauthorized) else 1011
-            session._close(Closing(Initiator.SERVER, code, "rejected", flush=True))  # noqa: SLF001
+            session._close(Closing(Initiator.SERVER, code, "rejected", flush=True))
             return False
         return True
 
@@ -406,8 +406,8 @@ class Realtime:
             except Exception as exc:
                 self._report(exc, session)
 
-    def _end(self, session: Session, conn: Connection, registered: bool) -> None:
-        initiator, code, reason, error = conn.outcome()
+    def _end(self, session: Session, outcome: Outcome, registered: bool) -> None:
+        initiator, code, reason, error = outcome
         if registered:
             self._unregister(session)
         expected = (
@@ -415,7 +415,7 @@ class Realtime:
             or (initiator is Initiator.CLIENT and code in _EXPECTED_CLIENT_CODES)
         )
         info = DisconnectInfo(error, code, reason, expected, initiator)
-        session._finish(info)  # noqa: SLF001
+        session._finish(info)
         if error is not None and not expected:
             self._report(error, session)
         if registered:
@@ -476,7 +476,7 @@ class Realtime:
                 exc = Unauthorized("authentication failed")
             self._report(exc, session)
             self._answer_error(session, msg_id, "unauthorized", exc.message)
-            session._close(Closing(Initiator.ERROR, 1008, "unauthorized", flush=True))  # noqa: SLF001
+            session._close(Closing(Initiator.ERROR, 1008, "unauthorized", flush=True))
             return
         if state.auth_timer is not None:
             state.auth_timer.stop()
@@ -592,9 +592,9 @@ class Realtime:
             current = getcurrent()
             mine = 0
             for session in self._hub.sessions():
-                if session._conn is not None and session._conn.reader is current:  # noqa: SLF001
+                if session._conn is not None and session._conn.reader is current:
                     mine += 1
-                session._close(Closing(Initiator.SHUTDOWN, 1001, "server shutdown", flush=True))  # noqa: SLF001
+                session._close(Closing(Initiator.SHUTDOWN, 1001, "server shutdown", flush=True))
             if mine == 0:
                 self._idle.wait(wait)
             for sub in self._subscriptions:

@@ -146,7 +146,7 @@ class Session:
             return True
         if self._ended is None:
             self._ended = Event()
-        return self._ended.wait(timeout)
+        return bool(self._ended.wait(timeout))
 
     # ------------------------------------------------------------------ framework side
 

@@ -15,7 +15,7 @@ from gevent import getcurrent
 from .errors import SessionClosed
 from .message import ERROR_ROUTE, REPLY_ROUTE, Message, MessageId
 from .session import Session
-from .transport.connection import Closing, OutItem
+from .transport.connection import Closing, Outcome, OutItem
 from .types import Identity, Initiator
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class _Sink:
         self._closing = closing
         return True
 
-    def outcome(self) -> tuple[Initiator, int, str, BaseException | None]:
+    def outcome(self) -> Outcome:
         closing = self._closing
         if closing is None:
             return Initiator.CLIENT, 1000, "", None
@@ -68,20 +68,20 @@ class TestClient:
 
     def __init__(self, rt: Realtime, identity: Identity) -> None:
         self._rt = rt
-        self._router = rt._freeze()  # noqa: SLF001
+        self._router = rt._freeze()
         self._sink = _Sink()
         self._seen = 0
         self.session = Session(
-            rt._new_id(),  # noqa: SLF001
+            rt._new_id(),
             identity,
             "test-client",
             self._sink,
             rt.codec,
             node_id=rt.node_id,
-            report_error=rt._report,  # noqa: SLF001
+            report_error=rt._report,
             debug=rt.config.debug,
         )
-        self._registered = rt._register(self.session)  # noqa: SLF001
+        self._registered = rt._register(self.session)
         self._ended = False
 
     @property
@@ -92,10 +92,10 @@ class TestClient:
         """Dispatch one raw frame (as a client would send it); return the new messages."""
         if not self.connected:
             raise SessionClosed("test client is closed")
-        self._rt._dispatch(self.session, frame, self._router)  # noqa: SLF001
+        self._rt._dispatch(self.session, frame, self._router)
         return self.get_received()
 
-    def send(self, route: str, data: Any = None, *, id: MessageId | None = None) -> list[Message]:  # noqa: A002
+    def send(self, route: str, data: Any = None, *, id: MessageId | None = None) -> list[Message]:
         """Dispatch an envelope; return what the session was sent meanwhile."""
         return self.send_raw(self._rt.codec.encode(Message(route, data, id=id)))
 
@@ -118,7 +118,7 @@ class TestClient:
             return
         self._ended = True
         self._sink.close(Closing(Initiator.CLIENT, code, reason, flush=False))
-        self._rt._end(self.session, self._sink, self._registered)  # noqa: SLF001
+        self._rt._end(self.session, self._sink.outcome(), self._registered)
 
     def __enter__(self) -> TestClient:
         return self

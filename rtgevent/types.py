@@ -17,10 +17,10 @@ __all__ = ["DisconnectInfo", "Identity", "Initiator", "SessionInfo", "utcnow"]
 
 
 def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
-class Initiator(str, enum.Enum):
+class Initiator(enum.StrEnum):
     """Who (or which subsystem) ended a session.  Compares equal to its string value."""
 
     CLIENT = "client"
@@ -30,9 +30,6 @@ class Initiator(str, enum.Enum):
     ERROR = "error"
     HEARTBEAT = "heartbeat"
     REPLACED = "replaced"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclasses.dataclass(frozen=True)

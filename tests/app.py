@@ -94,7 +94,7 @@ def make_app(**options: Any) -> Callable[..., Iterable[bytes]]:
             if session is None:
                 return {"error": "no such session"}
             sent = 0
-            for i in range(int(query.get("count", "1"))):
+            for _ in range(int(query.get("count", "1"))):
                 try:
                     session.send("x", "y" * int(query.get("size", "10")))
                     sent += 1

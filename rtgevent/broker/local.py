@@ -18,7 +18,7 @@ class _LocalSubscription:
         self._handler = handler
 
     def close(self) -> None:
-        self._broker._unsubscribe(self._topic, self._handler)  # noqa: SLF001
+        self._broker._unsubscribe(self._topic, self._handler)
 
 
 class LocalBroker:

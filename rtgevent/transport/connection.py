@@ -69,7 +69,7 @@ class _WriteTimeout(Exception):
 class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """websockets logs every closed connection at INFO; we report closes ourselves."""
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's name
+    def isEnabledFor(self, level: int) -> bool:
         return level >= logging.WARNING and self.logger.isEnabledFor(level)
 
 
@@ -125,6 +125,9 @@ class Closing:
         self.error = error
 
 
+#: who ended a connection, the close code and reason, and the error if any
+Outcome = tuple[Initiator, int, str, BaseException | None]
+
 # An outbox item: a ready frame (no extension negotiated), or (is_text, payload) to be
 # framed (and compressed) by the protocol.
 OutItem = bytes | tuple[bool, bytes]
@@ -139,8 +142,8 @@ class Connection:
         "_done",
         "_fragments",
         "_fragments_text",
-        "_heartbeat_interval",
         "_hb_timer",
+        "_heartbeat_interval",
         "_loop",
         "_on_message",
         "_outbox",
@@ -322,10 +325,10 @@ class Connection:
                         return False
                     if self._room is not None:
                         self._room.set()
-                    if type(item) is bytes:
+                    if isinstance(item, bytes):
                         chunks = [item]
                     else:
-                        is_text, payload = item  # type: ignore[misc]
+                        is_text, payload = item
                         if is_text:
                             protocol.send_text(payload)
                         else:
@@ -469,7 +472,7 @@ class Connection:
             protocol.receive_data(data)
         else:
             protocol.receive_eof()
-        self._handle_events(protocol.events_received())
+        self._handle_events(protocol.events_received())  # type: ignore[arg-type]  # frames only, server side
         if protocol.writes or len(self._outbox):
             self._kick()
 
@@ -530,7 +533,7 @@ class Connection:
 
     # ------------------------------------------------------------------ results
 
-    def outcome(self) -> tuple[Initiator, int, str, BaseException | None]:
+    def outcome(self) -> Outcome:
         """Who ended the connection, with which code and reason, and the error if any."""
         protocol = self._protocol
         closing = self._closing

@@ -9,7 +9,6 @@ application's own run time is not bounded (a WebSocket session lasts as long as 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ class HeaderTimeoutHandler(WSGIHandler):  # type: ignore[misc]
 
     def handle_one_request(self) -> Any:
         # A socket error ends the connection quietly in pywsgi (no 500, no traceback).
-        timer = Timeout.start_new(self.header_timeout, socket.timeout("request header timeout"))
+        timer = Timeout.start_new(self.header_timeout, TimeoutError("request header timeout"))
         self._header_timer = timer
         try:
             return super().handle_one_request()
