@@ -25,24 +25,26 @@ def _patch() -> None:
 
 
 def load_app(spec: str) -> Any:
-    """Import ``MODULE:NAME`` (``NAME`` may be dotted); ``MODULE`` alone means ``MODULE:app``."""
+    """Import ``MODULE:NAME`` (dotted ``NAME``; ``NAME()`` calls a factory); ``MODULE`` means ``MODULE:app``."""
     module_name, _, attr = spec.partition(":")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     obj: Any = importlib.import_module(module_name)
-    for part in (attr or "app").split("."):
+    attr = attr or "app"
+    call = attr.endswith("()")
+    for part in attr.removesuffix("()").split("."):
         obj = getattr(obj, part)
-    return obj
+    return obj() if call else obj
 
 
-def _serve(app: Any, bind: str, certfile: str | None, keyfile: str | None) -> int:
+def _serve(app: Any, bind: str, certfile: str | None, keyfile: str | None, header_timeout: float) -> int:
     import gevent
 
     from .gunicorn import drain_all
     from .realtime import Realtime, instances
     from .transport.server import make_server
 
-    server = make_server(app, bind, certfile=certfile, keyfile=keyfile)
+    server = make_server(app, bind, certfile=certfile, keyfile=keyfile, header_timeout=header_timeout)
     for rt in list(instances):
         if isinstance(rt, Realtime) and not rt._started:
             rt.start()
@@ -55,10 +57,8 @@ def _serve(app: Any, bind: str, certfile: str | None, keyfile: str | None) -> in
     gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(stop))
     gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(stop))
     scheme = "https" if certfile else "http"
-    host, port = server.address[0], server.address[1]
     server.start()
-    print(f"rtgevent: serving on {scheme}://{host}:{server.server_port}", flush=True)
-    del port
+    print(f"rtgevent: serving on {scheme}://{server.server_host}:{server.server_port}", flush=True)
     server.serve_forever()
     return 0
 
@@ -71,15 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--bind", default="127.0.0.1:8000")
     serve.add_argument("--certfile")
     serve.add_argument("--keyfile")
+    serve.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds a client may take to send its request headers"
+    )
     demo = sub.add_parser("demo", help="run the demo page, with embedded defaults")
     demo.add_argument("--bind", default="127.0.0.1:8000")
     args = parser.parse_args(argv)
     _patch()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
-        return _serve(load_app(args.app), args.bind, args.certfile, args.keyfile)
+        return _serve(load_app(args.app), args.bind, args.certfile, args.keyfile, args.header_timeout)
     from .demo import make_demo_app
 
     app = make_demo_app()
     print(f"rtgevent demo: open http://{args.bind}/ in a browser", flush=True)
-    return _serve(app, args.bind, None, None)
+    return _serve(app, args.bind, None, None, 10.0)

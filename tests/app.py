@@ -101,6 +101,9 @@ def make_app(**options: Any) -> Callable[..., Iterable[bytes]]:
                 except RealtimeError as exc:
                     send_errors.append(type(exc).__name__)
             return {"sent": sent, "errors": send_errors}
+        if action == "queued":
+            # the outbox length of each session (private: the test checks the bound holds)
+            return {s.id: len(s._conn._outbox) for s in rt.sessions()}  # type: ignore[union-attr]
         if action == "shutdown":
             rt.shutdown()
             return {"disconnects": len(disconnects)}

@@ -55,8 +55,10 @@ def make_server(
     certfile: str | None = None,
     keyfile: str | None = None,
     log: Any = "default",
+    header_timeout: float = HEADER_TIMEOUT,
 ) -> WSGIServer:
     ssl_args: dict[str, Any] = {}
     if certfile:
         ssl_args = {"certfile": certfile, "keyfile": keyfile or certfile}
-    return WSGIServer(parse_bind(bind), app, handler_class=HeaderTimeoutHandler, log=log, **ssl_args)
+    handler = type("HeaderTimeoutHandler", (HeaderTimeoutHandler,), {"header_timeout": header_timeout})
+    return WSGIServer(parse_bind(bind), app, handler_class=handler, log=log, **ssl_args)
