@@ -166,3 +166,21 @@ def serve_local() -> Iterator[Callable[..., Server]]:
     yield factory
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def serve_realtime() -> Iterator[Callable[[Any], Server]]:
+    """``serve_realtime(rt_or_wsgi_app)`` serves any WSGI app in-process on pywsgi; stopped after the test."""
+    started: list[tuple[WSGIServer, Any]] = []
+
+    def factory(app: Any) -> Server:
+        server = WSGIServer(("127.0.0.1", 0), app, log=None, error_log=None)
+        server.start()
+        started.append((server, app))
+        return Server("pywsgi", "127.0.0.1", server.server_port, lambda: None, app=app)
+
+    yield factory
+    for server, app in started:
+        if hasattr(app, "shutdown"):
+            app.shutdown(timeout=5)
+        server.stop(timeout=5)

@@ -191,5 +191,5 @@ def test_thousand_connect_disconnect_cycles_leave_nothing(serve_local) -> None:
     server.wait_for(lambda: rt.stats()["connections"] == 0, what="every session to end")
     server.wait_for(lambda: _open_fds() <= fds and _greenlets() <= greenlets, what="fds and greenlets to be freed")
     assert rt.sessions() == []
-    assert rt._hub._by_identity == {}  # noqa: SLF001
+    assert rt._hub._by_identity == {}
     assert rt.stats()["connections_total"] == 1001

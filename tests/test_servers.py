@@ -29,7 +29,10 @@ def _connect_all(server: Server, n: int) -> list[rawws.RawClient]:
     return clients
 
 
-@pytest.mark.parametrize("worker", ["gevent", "gevent_pywsgi", "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"])
+GWS_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+
+
+@pytest.mark.parametrize("worker", ["gevent", "gevent_pywsgi", GWS_WORKER])
 def test_gunicorn_sigterm_closes_every_client_with_1001(worker: str) -> None:
     """With -c python:rtgevent.gunicorn, SIGTERM gives every client 1001 long before graceful_timeout."""
     server = start_gunicorn(worker=worker, extra_args=("--graceful-timeout", "30"))
