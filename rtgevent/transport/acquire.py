@@ -49,7 +49,12 @@ def uses_prior_handshake(environ: dict[str, Any]) -> bool:
 
 
 def _drain_buffered(rfile: Any, sock: socket.socket) -> bytes:
-    """Whatever ``rfile`` holds already, without waiting for the network."""
+    """Whatever ``rfile`` holds already, without waiting for the network; then close ``rfile``.
+
+    From here on the session reads the socket directly.  Closing the buffered reader
+    frees its 8 KiB buffer (a third of an idle session's memory) and tells pywsgi not to
+    read a next request; the socket itself stays open (the server closes it).
+    """
     previous = sock.gettimeout()
     sock.settimeout(0.0)
     try:
@@ -58,6 +63,10 @@ def _drain_buffered(rfile: Any, sock: socket.socket) -> bytes:
         data = b""
     finally:
         sock.settimeout(previous)
+    try:
+        rfile.close()
+    except OSError:
+        pass
     return bytes(data or b"")
 
 
@@ -114,13 +123,8 @@ def acquire(environ: dict[str, Any], start_response: StartResponse, accept: Acce
     write = start_response("101 Switching Protocols", headers_101(accept))
     write(b"")  # flush the status line and headers now, before any frame
     pending = _drain_buffered(rfile, sock)
+    return Acquired(sock, pending, _nothing)
 
-    def release_pywsgi() -> None:
-        # pywsgi reads the next request unless the reader is closed; the socket itself is
-        # closed by the server once the application returns.
-        try:
-            rfile.close()
-        except OSError:
-            pass
 
-    return Acquired(sock, pending, release_pywsgi)
+def _nothing() -> None:
+    pass

@@ -540,7 +540,11 @@ class Connection:
         parser_exc = protocol.parser_exc
         if closing is not None and not closing.abort:
             return closing.initiator, closing.code, closing.reason, closing.error
-        if isinstance(parser_exc, (ProtocolError, PayloadTooBig)) or isinstance(self.failure, UnicodeDecodeError):
+        # Invalid UTF-8 fails the connection whether it was in a message (our check) or in a
+        # close reason (the protocol's), RFC 6455 section 8.1.
+        if isinstance(parser_exc, (ProtocolError, PayloadTooBig, UnicodeDecodeError)) or isinstance(
+            self.failure, UnicodeDecodeError
+        ):
             sent = protocol.close_sent
             code = sent.code if sent is not None else 1002
             reason = sent.reason if sent is not None else ""
