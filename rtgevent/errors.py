@@ -11,6 +11,7 @@
     ├── InvalidOption             the application misused the API (bad Config field, ...)
     ├── Unauthorized              authentication failed                 wire: unauthorized
     ├── InvalidBrokerMessage      a broker payload could not be understood
+    ├── BrokerUnavailable         the broker or presence store did not answer in time
     ├── ConnectionLimit           max_connections reached
     ├── BadMessage                a client frame is not a valid envelope wire: bad_message
     ├── HandlerError              a handler raised                      wire: handler_error
@@ -28,6 +29,7 @@ __all__ = [
     "AlreadyStarted",
     "BackpressureError",
     "BadMessage",
+    "BrokerUnavailable",
     "ConnectionLimit",
     "HandlerError",
     "HandlerTimeout",
@@ -101,6 +103,12 @@ class Unauthorized(RealtimeError):
 
 class InvalidBrokerMessage(RealtimeError):
     default_message = "invalid broker message"
+
+
+class BrokerUnavailable(RealtimeError):
+    """A publish or a presence query failed after its bounded retries (never hangs)."""
+
+    default_message = "broker unavailable"
 
 
 class ConnectionLimit(RealtimeError):
