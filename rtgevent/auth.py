@@ -64,7 +64,7 @@ class StaticTokenAuthenticator:
 
     def authenticate(self, request: Request) -> Identity:
         token = bearer_token(request)
-        if token is None or not hmac.compare_digest(token.encode(), self._token):
+        if token is None or not hmac.compare_digest(_header_bytes(token), self._token):
             raise Unauthorized("invalid token")
         return self._identity.copy()
 
@@ -108,6 +108,17 @@ class InBandAuthenticator:
         if not isinstance(token, str) or not token:
             raise Unauthorized("rt.auth needs the token as a string")
         return _verified(self._verify, token)
+
+
+def _header_bytes(value: str) -> bytes:
+    """The bytes the client sent: WSGI decodes header values as latin-1 (PEP 3333).
+
+    Without this a non-ASCII token (sent as UTF-8) could never match.
+    """
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:  # not from a WSGI environ: take the text as it is
+        return value.encode()
 
 
 def _verified(verify: TokenVerifier, token: str) -> Identity:

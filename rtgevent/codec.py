@@ -24,6 +24,32 @@ class Codec(Protocol):
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+#: for text holding lone surrogates (a client's JSON may carry them as \u escapes): they cannot
+#: be UTF-8 encoded into a text frame, so they go out escaped, the way they came in
+_ascii_encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
+def _dumps(value: Any) -> str:
+    text = _encoder.encode(value)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return _ascii_encoder.encode(value)
+    return text
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259 section 6) and could not be encoded back
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _metadata_value(value: object) -> bool:
+    # strings, and integers for ``in_reply_to`` (a numeric request id goes back as a number)
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 class JSONCodec:
@@ -37,13 +63,13 @@ class JSONCodec:
             envelope["data"] = message.data
         if message.metadata:
             envelope["metadata"] = message.metadata
-        return _encoder.encode(envelope)
+        return _dumps(envelope)
 
     def decode(self, frame: str | bytes) -> Message:
         if not isinstance(frame, str):
             raise BadMessage("binary frames are not accepted by the JSON codec")
         try:
-            envelope = json.loads(frame)
+            envelope = _decoder.decode(frame)
         except (ValueError, RecursionError) as exc:
             raise BadMessage(f"invalid JSON: {exc}") from None
         if not isinstance(envelope, dict):
@@ -56,10 +82,11 @@ class JSONCodec:
             raise BadMessage("id must be a string or an integer")
         metadata = envelope.get("metadata")
         if metadata is not None and not (
-            isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+            isinstance(metadata, dict) and all(_metadata_value(v) for v in metadata.values())
         ):
-            raise BadMessage("metadata must be an object of strings")
-        return Message(route, envelope.get("data"), id=msg_id, metadata=metadata)
+            raise BadMessage("metadata must be an object of strings (or integer ids)")
+        # an empty metadata object is no metadata (encode leaves it out)
+        return Message(route, envelope.get("data"), id=msg_id, metadata=metadata or None)
 
 
 class CmdCodec:
@@ -73,7 +100,7 @@ class CmdCodec:
         data = message.data
         if data is None:
             return message.route
-        body = data if isinstance(data, str) else _encoder.encode(data)
+        body = data if isinstance(data, str) else _dumps(data)
         return f"{message.route} {body}"
 
     def decode(self, frame: str | bytes) -> Message:

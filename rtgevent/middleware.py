@@ -108,6 +108,12 @@ def logger(log: logging.Logger | None = None) -> Middleware:
             except Exception:
                 outcome = "handler_error"
                 raise
+            except gevent.Timeout:
+                outcome = "timeout"  # cut by an outer timeout() (or any gevent.Timeout)
+                raise
+            except BaseException:
+                outcome = "cancelled"  # the greenlet was killed (shutdown)
+                raise
             finally:
                 target.info(
                     "session=%s route=%s duration_ms=%.3f outcome=%s",

@@ -34,6 +34,7 @@ from .errors import (
     AlreadyStarted,
     BadMessage,
     HandlerError,
+    InvalidOption,
     RealtimeClosed,
     RealtimeError,
     SessionClosed,
@@ -149,8 +150,7 @@ class Realtime:
     def route(self, route: str) -> Callable[[F], F]:
         """Register a handler for exactly ``route`` (highest priority)."""
         self._setup("a route")
-        if route.startswith(RESERVED_PREFIX):
-            raise ValueError(f"rtgevent: routes starting with {RESERVED_PREFIX!r} are reserved")
+        _check_not_reserved("route", route)
 
         def decorator(fn: F) -> F:
             self._router.add_route(route, fn)
@@ -161,6 +161,7 @@ class Realtime:
     def prefix(self, prefix: str) -> Callable[[F], F]:
         """Register a handler for every route starting with ``prefix``; the longest wins."""
         self._setup("a prefix")
+        _check_not_reserved("prefix", prefix)
 
         def decorator(fn: F) -> F:
             self._router.add_prefix(prefix, fn)
@@ -190,6 +191,7 @@ class Realtime:
         return fn
 
     def on_error(self, fn: F) -> F:
+        self._setup("on_error")
         self._on_error.append(fn)
         return fn
 
@@ -631,6 +633,11 @@ class _SessionState:
         self.in_band = in_band
         self.registered = False
         self.auth_timer: Any = None
+
+
+def _check_not_reserved(kind: str, name: str) -> None:
+    if name.startswith(RESERVED_PREFIX):
+        raise InvalidOption(kind, f"{name!r}: routes starting with {RESERVED_PREFIX!r} are reserved for the framework")
 
 
 def _send_refusal(start_response: Callable[..., Any], result: Refusal) -> list[bytes]:
