@@ -619,6 +619,19 @@ class Realtime:
     def closed(self) -> bool:
         return self._closing
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def ensure_started(self) -> None:
+        """Start this node unless it is started (the lazy start of the Flask and gunicorn integrations).
+
+        Called on a worker's first request, never before a fork: a broker connection made
+        in the gunicorn master would be shared by every worker.
+        """
+        if not self._started and not self._closing:
+            self.start()
+
     def test_client(self, identity: Identity | None = None) -> Any:
         """A client that drives handlers without a socket (see `rtgevent.testing`)."""
         from .testing import TestClient
