@@ -133,6 +133,7 @@ class Realtime:
         self._closed = Event()
         self._subscriptions: list[Subscription] = []
         self._renewer: gevent.Greenlet | None = None
+        self._presence_stale = False
         if self.config.insecure_origins:
             self.logger.warning("rtgevent: insecure_origins is on: any website may open a WebSocket here")
         instances.add(self)
@@ -370,10 +371,10 @@ class Realtime:
         try:
             self.presence.register(session.info())
         except Exception as exc:
-            self._hub.remove(session)
+            # Presence down (a Redis restart): the session still works locally; the lease
+            # renewer registers every local session again once presence answers.
+            self._presence_stale = True
             self._report(exc, session)
-            session._close(Closing(Initiator.ERROR, 1011, "presence unavailable", flush=False))
-            return False
         try:
             for hook in self._on_connect:
                 hook(session)
@@ -571,13 +572,26 @@ class Realtime:
         self._report(error, None)
 
     def _renew_forever(self) -> None:
-        period = self.config.presence_ttl / 3
+        """Renew this node's presence lease every third of its ttl.
+
+        While presence fails, retry every second; once it answers again, register every
+        local session again (idempotent), since a restarted Redis has forgotten them.
+        """
+        ttl = self.config.presence_ttl
+        period = ttl / 3
         while not self._closing:
-            gevent.sleep(period)
+            gevent.sleep(min(1.0, period) if self._presence_stale else period)
             try:
-                self.presence.renew(self.node_id, self.config.presence_ttl)
+                self.presence.renew(self.node_id, ttl)
+                if self._presence_stale:
+                    for session in self._hub.sessions():
+                        self.presence.register(session.info())
+                    self._presence_stale = False
+                    self.logger.info("rtgevent: presence renewed again; local sessions registered")
             except Exception as exc:
-                self._report(exc, None)
+                if not self._presence_stale:
+                    self._report(exc, None)
+                self._presence_stale = True
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Refuse new upgrades, close every session with 1001, wait for their hooks, close up.
