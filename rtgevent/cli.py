@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -37,7 +38,15 @@ def load_app(spec: str) -> Any:
     return obj() if call else obj
 
 
-def _serve(app: Any, bind: str, certfile: str | None, keyfile: str | None, header_timeout: float) -> int:
+def _serve(
+    app: Any,
+    bind: str,
+    certfile: str | None,
+    keyfile: str | None,
+    header_timeout: float,
+    broker: str | None = None,
+    presence: str | None = None,
+) -> int:
     import gevent
 
     from .gunicorn import drain_all
@@ -46,8 +55,9 @@ def _serve(app: Any, bind: str, certfile: str | None, keyfile: str | None, heade
 
     server = make_server(app, bind, certfile=certfile, keyfile=keyfile, header_timeout=header_timeout)
     for rt in list(instances):
-        if isinstance(rt, Realtime) and not rt._started:
-            rt.start()
+        if isinstance(rt, Realtime):
+            _connect(rt, broker, presence)
+            rt.ensure_started()
 
     def stop() -> None:
         server.close()  # stop accepting first, then drain what is connected
@@ -63,6 +73,17 @@ def _serve(app: Any, bind: str, certfile: str | None, keyfile: str | None, heade
     return 0
 
 
+def _connect(rt: Any, broker: str | None, presence: str | None) -> None:
+    """Apply ``--broker`` / ``--presence`` to a Realtime that was built with the in-process defaults."""
+    from .broker import LocalBroker, broker_from_url
+    from .presence import MemoryPresence, presence_from_url
+
+    if broker and isinstance(rt.broker, LocalBroker):
+        rt.broker = broker_from_url(broker)
+    if presence and isinstance(rt.presence, MemoryPresence):
+        rt.presence = presence_from_url(presence, ttl=rt.config.presence_ttl)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rtgevent", description="realtime WebSocket gateway on gevent")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--bind", default="127.0.0.1:8000")
     serve.add_argument("--certfile")
     serve.add_argument("--keyfile")
+    serve.add_argument("--broker", default=os.environ.get("RTGEVENT_BROKER_URL"), help="broker URL (amqp://, redis://)")
+    serve.add_argument("--presence", default=os.environ.get("RTGEVENT_PRESENCE_URL"), help="presence URL (redis://)")
     serve.add_argument(
         "--header-timeout", type=float, default=10.0, help="seconds a client may take to send its request headers"
     )
@@ -80,7 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _patch()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
-        return _serve(load_app(args.app), args.bind, args.certfile, args.keyfile, args.header_timeout)
+        return _serve(
+            load_app(args.app),
+            args.bind,
+            args.certfile,
+            args.keyfile,
+            args.header_timeout,
+            args.broker,
+            args.presence,
+        )
     from .demo import make_demo_app
 
     app = make_demo_app()

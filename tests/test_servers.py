@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +15,8 @@ import pytest
 import websocket
 
 from tests import rawws
-from tests.conftest import ROOT, WAIT, Server, start_gunicorn
+from tests.conftest import WAIT, Server, start_gunicorn
+from tests.procs import ServeProcess
 
 
 def _connect_all(server: Server, n: int) -> list[rawws.RawClient]:
@@ -76,45 +74,13 @@ def _try_connect(url: str) -> websocket.WebSocket | None:
         return None
 
 
-class ServeProcess:
-    def __init__(self, *args: str, config: dict[str, object] | None = None) -> None:
-        env = dict(os.environ, RTG_TEST_CONFIG=json.dumps(config or {}), PYTHONPATH=str(ROOT))
-        cmd = [sys.executable, "-m", "rtgevent", "serve", "tests.app:app_from_env()", "--bind", "127.0.0.1:0", *args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.lines: list[str] = []
-        assert self.proc.stdout is not None
-        with gevent.Timeout(WAIT, AssertionError(f"serve did not start: {self.lines}")):
-            for raw in self.proc.stdout:
-                line = raw.decode().rstrip()
-                self.lines.append(line)
-                m = re.search(r"serving on (https?)://([\d.]+):(\d+)", line)
-                if m:
-                    self.scheme, self.host, self.port = m.group(1), m.group(2), int(m.group(3))
-                    break
-        gevent.spawn(self._drain)
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.append(raw.decode().rstrip())
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=5)
-
-
 @pytest.fixture
 def serve_cli() -> Iterator[type[ServeProcess]]:
     started: list[ServeProcess] = []
 
     class Started(ServeProcess):
-        def __init__(self, *args: str, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        def __init__(self, *args: str, config: dict[str, object] | None = None) -> None:
+            super().__init__("tests.app:app_from_env()", *args, env={"RTG_TEST_CONFIG": json.dumps(config or {})})
             started.append(self)
 
     yield Started

@@ -1,0 +1,108 @@
+"""One gateway node of the cluster tests, run as its own process by ``rtgevent serve``.
+
+Configuration comes as JSON in ``RTG_CLUSTER``: broker and presence URLs, a namespace
+unique to the test, presence_ttl, session_policy.  Clients authenticate with
+``?access_token=<identity>`` (tenant ``acme``).  ``/_control/...`` lets the test act on
+this node and read what its broker consumer received.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from rtgevent import BearerTokenAuthenticator, Config, Identity, Message, Realtime, Session
+from rtgevent.broker import Broker, broker_from_url
+from rtgevent.broker.base import BrokerHandler, Subscription
+from rtgevent.delivery import decode_payload
+from rtgevent.errors import RealtimeError
+from rtgevent.presence import presence_from_url
+from rtgevent.types import DisconnectInfo
+
+
+class CountingBroker:
+    """A real broker, with a count of the payloads this node's consumer received, by kind."""
+
+    def __init__(self, inner: Broker) -> None:
+        self.inner = inner
+        self.received: Counter[str] = Counter()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.inner.publish(topic, payload)
+
+    def subscribe(self, topic: str, handler: BrokerHandler) -> Subscription:
+        def counting(payload: bytes) -> None:
+            try:
+                self.received[decode_payload(payload).kind] += 1
+            except RealtimeError:
+                self.received["invalid"] += 1
+            handler(payload)
+
+        return self.inner.subscribe(topic, counting)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def make_node() -> Callable[..., Iterable[bytes]]:
+    spec = json.loads(os.environ["RTG_CLUSTER"])
+    namespace = spec["namespace"]
+    broker = CountingBroker(broker_from_url(spec["broker"], namespace=namespace))
+    presence = presence_from_url(spec["presence"], ttl=spec.get("presence_ttl", 90), namespace=namespace)
+    rt = Realtime(
+        Config(
+            presence_ttl=spec.get("presence_ttl", 90),
+            session_policy=spec.get("session_policy", "multi"),
+            heartbeat_interval=None,
+        ),
+        authenticator=BearerTokenAuthenticator(lambda token: Identity(token, tenant_id="acme")),
+        broker=broker,
+        presence=presence,
+    )
+    disconnects: list[dict[str, Any]] = []
+
+    @rt.route("whoami")
+    def whoami(session: Session, msg: Message) -> Any:
+        return {"identity": session.identity.id, "node": rt.node_id}
+
+    @rt.on_disconnect
+    def gone(session: Session, info: DisconnectInfo) -> None:
+        disconnects.append({"identity": session.identity.id, "code": info.code, "initiator": str(info.initiator)})
+
+    def control(action: str, q: dict[str, str]) -> Any:
+        try:
+            if action == "send":
+                rt.send_to_identity("acme", q["identity"], q.get("route", "dm"), q.get("data"))
+                return {"ok": True}
+            if action == "broadcast":
+                rt.broadcast(q.get("route", "news"), q.get("data"))
+                return {"ok": True}
+            if action == "online":
+                return {
+                    "online": rt.is_online("acme", q["identity"]),
+                    "sessions": [s.node_id for s in rt.get_identity_sessions("acme", q["identity"])],
+                }
+        except RealtimeError as exc:
+            return {"error": type(exc).__name__, "message": str(exc)}
+        if action == "counts":
+            return dict(broker.received)
+        if action == "node":
+            return {"node": rt.node_id, "sessions": len(rt.sessions())}
+        if action == "disconnects":
+            return disconnects
+        return {"error": f"unknown action {action}"}
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_control/"):
+            query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+            body = json.dumps(control(path.removeprefix("/_control/"), query)).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return rt(environ, start_response)
+
+    return app

@@ -1,0 +1,119 @@
+"""Private Redis and RabbitMQ servers for the tests that restart a broker mid-traffic.
+
+The machine's own Redis and RabbitMQ are shared: a test must never stop them.  These
+start their own instances on free ports, as children of the test process (in their own
+process group), and stop only those.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import uuid
+
+import gevent
+
+WAIT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _wait(predicate: object, what: str, timeout: float = WAIT) -> None:
+    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
+        while not predicate():  # type: ignore[operator]
+            gevent.sleep(0.1)
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait(lambda: _answers(self.port), "redis to listen")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # a crash, not a clean shutdown
+            self.proc.wait(timeout=WAIT)
+        _wait(lambda: not _answers(self.port), "redis to stop")
+
+
+class RabbitServer:
+    """A RabbitMQ node of its own (name, ports, data directory) beside the machine's."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.node = f"rtgtest{uuid.uuid4().hex[:8]}@localhost"
+        self.dir = tempfile.mkdtemp(prefix="rtg-rabbit-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self) -> None:
+        for sub in ("mnesia", "log"):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        with open(os.path.join(self.dir, "plugins"), "w") as f:
+            f.write("[].\n")
+        with open(os.path.join(self.dir, "rabbitmq.conf"), "w") as f:
+            f.write(f"listeners.tcp.1 = 127.0.0.1:{self.port}\n")
+        os.chmod(self.dir, 0o777)
+        for root, dirs, files in os.walk(self.dir):
+            for name in dirs + files:
+                os.chmod(os.path.join(root, name), 0o777)
+        env = dict(
+            os.environ,
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(free_port()),
+            RABBITMQ_CONFIG_FILE=os.path.join(self.dir, "rabbitmq.conf"),
+            RABBITMQ_MNESIA_BASE=os.path.join(self.dir, "mnesia"),
+            RABBITMQ_LOG_BASE=os.path.join(self.dir, "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.dir, "plugins"),
+            RABBITMQ_FEATURE_FLAGS_FILE=os.path.join(self.dir, "feature_flags"),
+        )
+        self.proc = subprocess.Popen(
+            ["rabbitmq-server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        _wait(lambda: _answers(self.port), "rabbitmq to listen", timeout=60)
+
+    def stop(self) -> None:
+        subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], capture_output=True, timeout=60)
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=WAIT)
+        _wait(lambda: not _answers(self.port), "rabbitmq to stop")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

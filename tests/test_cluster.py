@@ -1,0 +1,242 @@
+"""Many nodes: real gateway processes sharing a real broker and Redis presence.
+
+Each node is an ``rtgevent serve`` process running tests/cluster_app.py; a namespace
+unique to the test keeps its exchanges, channels and keys apart from every other test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import pytest
+import redis
+import websocket
+
+from tests.conftest import WAIT
+from tests.procs import ServeProcess
+from tests.services import RabbitServer, RedisServer
+
+REDIS = "redis://127.0.0.1:6379/0"
+AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+BROKERS = {"redis": REDIS, "kombu-amqp": AMQP, "kombu-redis": "kombu+redis://127.0.0.1:6379/0"}
+
+
+def _cleanup(namespace: str, redis_url: str = REDIS, amqp_url: str | None = AMQP) -> None:
+    with contextlib.suppress(Exception):
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    if amqp_url:
+        import kombu
+
+        with contextlib.suppress(Exception), kombu.Connection(amqp_url, connect_timeout=5) as conn:
+            channel = conn.default_channel
+            for suffix in ("broadcast", "direct"):
+                with contextlib.suppress(Exception):
+                    channel.exchange_delete(f"{namespace}.{suffix}")
+
+
+@pytest.fixture
+def cluster() -> Iterator[Callable[..., list[ServeProcess]]]:
+    """``cluster(n, broker=URL, presence=URL, **spec)`` starts n nodes in one fresh namespace."""
+    nodes: list[ServeProcess] = []
+    namespaces: list[tuple[str, str]] = []
+
+    def factory(n: int, *, broker: str, presence: str = REDIS, namespace: str | None = None, **spec: Any) -> list[
+        ServeProcess
+    ]:
+        ns = namespace or f"rtgtest-{uuid.uuid4().hex[:10]}"
+        namespaces.append((ns, presence))
+        env = {"RTG_CLUSTER": json.dumps({"broker": broker, "presence": presence, "namespace": ns, **spec})}
+        started = [ServeProcess("tests.cluster_app:make_node()", env=env) for _ in range(n)]
+        nodes.extend(started)
+        return started
+
+    yield factory
+    for node in nodes:
+        node.stop()
+    for ns, presence in namespaces:
+        _cleanup(ns, presence if presence.startswith("redis") else REDIS)
+
+
+class Client:
+    """A logged-in WebSocket client of one node."""
+
+    def __init__(self, node: ServeProcess, identity: str) -> None:
+        self.identity = identity
+        self.ws = websocket.create_connection(f"{node.ws_base}/?access_token={identity}", timeout=WAIT)
+        self.ws.send(json.dumps({"id": "who", "route": "whoami"}))
+        reply = json.loads(self.ws.recv())
+        assert reply["data"]["identity"] == identity  # registered: hub and presence
+        self.node_id = reply["data"]["node"]
+
+    def next(self) -> dict[str, Any]:
+        return json.loads(self.ws.recv())
+
+    def expect(self, route: str, data: Any) -> None:
+        msg = self.next()
+        assert (msg["route"], msg.get("data")) == (route, data), msg
+
+    def ping(self) -> None:
+        self.ws.send(json.dumps({"id": "p", "route": "whoami"}))
+        assert self.next()["route"] == "rt.reply"
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def _counts(node: ServeProcess) -> dict[str, int]:
+    return dict(node.control("counts"))
+
+
+@pytest.mark.parametrize("kind", list(BROKERS))
+def test_broadcast_once_and_identity_routed_to_its_nodes_only(cluster, kind: str) -> None:
+    """Three nodes: broadcasts reach every client once; identity sends reach only nodes that hold it."""
+    a, b, c = cluster(3, broker=BROKERS[kind])
+    ann, alice_b, alice_c, bob = Client(a, "ann"), Client(b, "alice"), Client(c, "alice"), Client(c, "bob")
+    everyone = [ann, alice_b, alice_c, bob]
+    for node in (a, b, c):
+        assert node.control("broadcast", data=f"from-{node.port}") == {"ok": True}
+    for client in everyone:
+        got = sorted(client.next()["data"] for _ in range(3))
+        assert got == sorted(f"from-{n.port}" for n in (a, b, c))
+    before = {n.port: _counts(n) for n in (a, b, c)}
+    assert a.control("send", identity="alice", data="hi alice") == {"ok": True}
+    alice_b.expect("dm", "hi alice")
+    alice_c.expect("dm", "hi alice")
+    assert a.control("send", identity="bob", data="hi bob") == {"ok": True}
+    bob.expect("dm", "hi bob")
+    assert a.control("send", identity="nobody")["error"] == "SessionClosed"
+    # marker: anything else delivered would arrive before it
+    a.control("broadcast", route="marker")
+    for client in everyone:
+        assert client.next()["route"] == "marker"
+    after = {n.port: _counts(n) for n in (a, b, c)}
+
+    def identity_payloads(node: ServeProcess) -> int:
+        return after[node.port].get("identity", 0) - before[node.port].get("identity", 0)
+
+    assert identity_payloads(b) == 1  # alice
+    assert identity_payloads(c) == 2  # alice, bob
+    assert identity_payloads(a) == 0  # the sender holds neither
+    status = a.control("online", identity="alice")
+    assert status["online"] and sorted(status["sessions"]) == sorted([alice_b.node_id, alice_c.node_id])
+    for client in everyone:
+        client.close()
+
+
+def test_killed_node_vanishes_from_presence_within_ttl(cluster) -> None:
+    """SIGKILL a node: its identities go offline everywhere within presence_ttl; the rest is undisturbed."""
+    ttl = 3.0
+    namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
+    a, b = cluster(2, broker=REDIS, presence_ttl=ttl, namespace=namespace)
+    ann, dave = Client(a, "ann"), Client(b, "dave")
+    assert a.control("online", identity="dave")["online"]
+    b.kill()
+    killed = time.monotonic()
+    a.control("node")  # still answering
+    with gevent.Timeout(WAIT, AssertionError("dave never went offline")):
+        while a.control("online", identity="dave")["online"]:
+            gevent.sleep(0.1)
+    elapsed = time.monotonic() - killed
+    print(f"offline {elapsed:.2f} s after SIGKILL (presence_ttl {ttl} s)")
+    assert elapsed <= ttl + 2.0
+    assert a.control("send", identity="dave")["error"] == "SessionClosed"
+    ann.ping()  # the surviving node and its client are undisturbed
+    # the dead node's entries are purged from Redis soon after
+    client = redis.Redis.from_url(REDIS)
+    with gevent.Timeout(WAIT, AssertionError("the dead node's keys were not purged")):
+        while any(b"dave" in key for key in client.scan_iter(match=f"{namespace}*")):
+            gevent.sleep(0.2)
+    client.close()
+    ann.close()
+    dave.ws.close()
+
+
+def _restart_scenario(nodes: list[ServeProcess], stop: Callable[[], None], start: Callable[[], None]) -> float:
+    """Traffic through a broker restart; returns seconds from the broker's return to cross-node delivery."""
+    a, b = nodes
+    erin, alice = Client(a, "erin"), Client(b, "alice")
+    assert a.control("send", identity="alice", data="before") == {"ok": True}
+    alice.expect("dm", "before")
+    stop()
+    # local delivery never depends on the broker
+    for i in range(3):
+        a.control("send", identity="erin", data=f"local {i}")
+        erin.expect("dm", f"local {i}")
+        erin.ping()
+        alice.ping()
+    start()
+    back = time.monotonic()
+    with gevent.Timeout(WAIT, AssertionError("cross-node delivery did not come back")):
+        while True:
+            answer = a.control("send", identity="alice", data="after")
+            if answer == {"ok": True}:
+                msg = alice.next()
+                if msg.get("data") == "after":
+                    break
+            gevent.sleep(0.2)
+    recovered = time.monotonic() - back
+    assert a.proc.poll() is None and b.proc.poll() is None  # no gateway crashed
+    for node in (a, b):
+        lost = [line for line in node.lines if "connection lost" in line]
+        restored = [line for line in node.lines if "connection restored" in line]
+        assert len(lost) <= 2 and len(restored) == len(lost), node.lines[-20:]
+    erin.close()
+    alice.close()
+    return recovered
+
+
+def test_redis_restart_mid_traffic(cluster) -> None:
+    """Restart Redis (broker and presence): local delivery goes on; cross-node delivery is back within 10 s."""
+    server = RedisServer()
+    server.start()
+    try:
+        nodes = cluster(2, broker=server.url, presence=server.url, presence_ttl=6)
+        recovered = _restart_scenario(nodes, server.stop, server.start)
+        print(f"redis restart: cross-node delivery back {recovered:.2f} s after redis answered")
+        assert recovered <= 10.0
+    finally:
+        server.stop() if server.proc and server.proc.poll() is None else None
+
+
+def test_rabbitmq_restart_mid_traffic(cluster) -> None:
+    """Restart RabbitMQ: queues are declared again, cross-node delivery is back within 10 s."""
+    server = RabbitServer()
+    server.start()
+    try:
+        nodes = cluster(2, broker=server.url, presence=REDIS)
+        recovered = _restart_scenario(nodes, server.stop, server.start)
+        print(f"rabbitmq restart: cross-node delivery back {recovered:.2f} s after rabbitmq answered")
+        assert recovered <= 10.0
+    finally:
+        server.stop()
+        server.remove()
+
+
+def test_replace_policy_closes_the_older_session_on_another_node(cluster) -> None:
+    """session_policy=replace: a login on node B closes the one on node A with 4001, initiator replaced."""
+    a, b = cluster(2, broker=REDIS, session_policy="replace")
+    first = Client(a, "frank")
+    second_started = time.monotonic()
+    second = Client(b, "frank")
+    opcode, data = first.ws.recv_data(control_frame=True)
+    elapsed = time.monotonic() - second_started
+    assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 4001
+    print(f"replaced after {elapsed:.3f} s")
+    with gevent.Timeout(WAIT):
+        while not a.control("disconnects"):
+            gevent.sleep(0.05)
+    [info] = a.control("disconnects")
+    assert (info["code"], info["initiator"]) == (4001, "replaced")
+    second.ping()
+    assert [s for s in b.control("online", identity="frank")["sessions"]] == [second.node_id]
+    second.close()
