@@ -1,42 +1,93 @@
 """rtgevent: a realtime WebSocket gateway framework for Python on gevent.
 
-Public names only; kombu and redis are imported lazily by the implementations that
-need them, so ``import rtgevent`` needs neither.
+Public names only.  They are imported on first use (PEP 562), so that
+``from rtgevent import Emitter`` in a process without gevent imports neither gevent nor
+the gateway, and ``import rtgevent`` never needs kombu or redis.
 """
 
-from .auth import (
-    AnonymousAuthenticator,
-    Authenticator,
-    BearerTokenAuthenticator,
-    InBandAuthenticator,
-    StaticTokenAuthenticator,
-)
-from .broker import Broker, LocalBroker, Subscription
-from .codec import CmdCodec, Codec, JSONCodec
-from .config import Backpressure, Config
-from .errors import (
-    AlreadyStarted,
-    BackpressureError,
-    BadMessage,
-    BrokerUnavailable,
-    ConnectionLimit,
-    HandlerError,
-    HandlerTimeout,
-    InvalidBrokerMessage,
-    InvalidOption,
-    RealtimeClosed,
-    RealtimeError,
-    SessionClosed,
-    Unauthorized,
-    UnknownRoute,
-)
-from .ids import SnowflakeIds, random_id
-from .message import Message
-from .middleware import logger, recovery, timeout
-from .presence import MemoryPresence, Presence
-from .realtime import Realtime
-from .session import Session
-from .types import DisconnectInfo, Identity, Initiator, SessionInfo
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .auth import (
+        AnonymousAuthenticator,
+        Authenticator,
+        BearerTokenAuthenticator,
+        InBandAuthenticator,
+        StaticTokenAuthenticator,
+    )
+    from .broker import Broker, LocalBroker, Subscription
+    from .codec import CmdCodec, Codec, JSONCodec
+    from .config import Backpressure, Config
+    from .errors import (
+        AlreadyStarted,
+        BackpressureError,
+        BadMessage,
+        BrokerUnavailable,
+        ConnectionLimit,
+        HandlerError,
+        HandlerTimeout,
+        InvalidBrokerMessage,
+        InvalidOption,
+        RealtimeClosed,
+        RealtimeError,
+        SessionClosed,
+        Unauthorized,
+        UnknownRoute,
+    )
+    from .ids import SnowflakeIds, random_id
+    from .message import Message
+    from .middleware import logger, recovery, timeout
+    from .presence import MemoryPresence, Presence
+    from .realtime import Realtime
+    from .session import Session
+    from .types import DisconnectInfo, Identity, Initiator, SessionInfo
+
+_LAZY = {
+    "AlreadyStarted": ".errors",
+    "AnonymousAuthenticator": ".auth",
+    "Authenticator": ".auth",
+    "Backpressure": ".config",
+    "BackpressureError": ".errors",
+    "BadMessage": ".errors",
+    "BearerTokenAuthenticator": ".auth",
+    "Broker": ".broker",
+    "BrokerUnavailable": ".errors",
+    "CmdCodec": ".codec",
+    "Codec": ".codec",
+    "Config": ".config",
+    "ConnectionLimit": ".errors",
+    "DisconnectInfo": ".types",
+    "HandlerError": ".errors",
+    "HandlerTimeout": ".errors",
+    "Identity": ".types",
+    "InBandAuthenticator": ".auth",
+    "Initiator": ".types",
+    "InvalidBrokerMessage": ".errors",
+    "InvalidOption": ".errors",
+    "JSONCodec": ".codec",
+    "LocalBroker": ".broker",
+    "MemoryPresence": ".presence",
+    "Message": ".message",
+    "Presence": ".presence",
+    "Realtime": ".realtime",
+    "RealtimeClosed": ".errors",
+    "RealtimeError": ".errors",
+    "Session": ".session",
+    "SessionClosed": ".errors",
+    "SessionInfo": ".types",
+    "SnowflakeIds": ".ids",
+    "StaticTokenAuthenticator": ".auth",
+    "Subscription": ".broker",
+    "Unauthorized": ".errors",
+    "UnknownRoute": ".errors",
+    "logger": ".middleware",
+    "random_id": ".ids",
+    "recovery": ".middleware",
+    "timeout": ".middleware",
+}
 
 __version__ = "0.1.0"
 
@@ -84,3 +135,16 @@ __all__ = [
     "recovery",
     "timeout",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rtgevent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -18,13 +18,15 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BackpressureError, InvalidBrokerMessage, SessionClosed
 from .hub import Hub
-from .session import Session
-from .transport.connection import Closing, encode_frame
+from .transport.frames import Closing, encode_frame
 from .types import Initiator
+
+if TYPE_CHECKING:
+    from .session import Session
 
 __all__ = [
     "BROADCAST_TOPIC",

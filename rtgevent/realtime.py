@@ -50,7 +50,8 @@ from .presence.memory import MemoryPresence
 from .router import Router
 from .session import Session
 from .transport.acquire import Acquired, acquire, uses_prior_handshake
-from .transport.connection import Closing, Connection, Outcome, close_frame
+from .transport.connection import Connection
+from .transport.frames import Closing, Outcome, close_frame
 from .transport.handshake import Accept, Refusal, check_upgrade, origin_allowed, refusal
 from .types import DisconnectInfo, Identity, Initiator, SessionInfo
 

@@ -15,7 +15,7 @@ from gevent.event import Event
 from .codec import Codec
 from .errors import SessionClosed
 from .message import Message
-from .transport.connection import Closing, OutItem
+from .transport.frames import Closing, OutItem
 from .types import DisconnectInfo, Identity, Initiator, SessionInfo, utcnow
 
 __all__ = ["Session"]

@@ -15,7 +15,7 @@ from gevent import getcurrent
 from .errors import SessionClosed
 from .message import ERROR_ROUTE, REPLY_ROUTE, Message, MessageId
 from .session import Session
-from .transport.connection import Closing, Outcome, OutItem
+from .transport.frames import Closing, Outcome, OutItem
 from .types import Identity, Initiator
 
 if TYPE_CHECKING:

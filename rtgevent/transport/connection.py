@@ -41,15 +41,16 @@ from gevent import Greenlet, Timeout, getcurrent
 from gevent.event import Event
 from websockets.exceptions import InvalidState, PayloadTooBig, ProtocolError
 from websockets.extensions.base import Extension
-from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import CLOSED, OPEN, SEND_EOF, Protocol, Side
 
 from ..config import Backpressure
 from ..errors import BackpressureError, SessionClosed
 from ..outbox import Outbox, Verdict
 from ..types import Initiator
+from .frames import Closing, Outcome, OutItem, encode_frame
 
-__all__ = ["Closing", "Connection", "close_frame", "encode_frame"]
+__all__ = ["Connection"]
 
 log = logging.getLogger("rtgevent.transport")
 
@@ -74,63 +75,6 @@ class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 _protocol_logger = _QuietLogger(logging.getLogger("rtgevent.protocol"), {})
-
-
-def _header(opcode: int, length: int) -> bytes:
-    if length < 126:
-        return bytes((0x80 | opcode, length))
-    if length < 1 << 16:
-        return bytes((0x80 | opcode, 126)) + length.to_bytes(2, "big")
-    return bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
-
-
-def encode_frame(payload: str | bytes) -> bytes:
-    """A complete, unmasked, unfragmented server frame (RFC 6455 section 5.2).
-
-    Server frames are never masked, so one frame can be written to every session that
-    negotiated no extension: a broadcast is framed once, not once per session.
-    """
-    if isinstance(payload, str):
-        data = payload.encode()
-        return _header(0x1, len(data)) + data
-    return _header(0x2, len(payload)) + payload
-
-
-def close_frame(code: int, reason: str) -> bytes:
-    """A complete server close frame, for refusing a connection before it runs."""
-    return Frame(Opcode.CLOSE, Close(code, reason).serialize()).serialize(mask=False)
-
-
-class Closing:
-    """A close request: who asked, with which code, and whether queued data goes first."""
-
-    __slots__ = ("abort", "code", "error", "flush", "initiator", "reason")
-
-    def __init__(
-        self,
-        initiator: Initiator,
-        code: int,
-        reason: str,
-        *,
-        flush: bool,
-        error: BaseException | None = None,
-        abort: bool = False,
-    ) -> None:
-        #: True when the stream failed under us (no close handshake was possible)
-        self.abort = abort
-        self.initiator = initiator
-        self.code = code
-        self.reason = reason
-        self.flush = flush
-        self.error = error
-
-
-#: who ended a connection, the close code and reason, and the error if any
-Outcome = tuple[Initiator, int, str, BaseException | None]
-
-# An outbox item: a ready frame (no extension negotiated), or (is_text, payload) to be
-# framed (and compressed) by the protocol.
-OutItem = bytes | tuple[bool, bytes]
 
 
 class Connection:
