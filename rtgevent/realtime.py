@@ -49,6 +49,7 @@ from .presence.base import Presence
 from .presence.memory import MemoryPresence
 from .router import Router
 from .session import Session
+from .threadsafe import HubCaller
 from .transport.acquire import Acquired, acquire, uses_prior_handshake
 from .transport.connection import Connection
 from .transport.frames import Closing, Outcome, close_frame
@@ -135,6 +136,7 @@ class Realtime:
         self._subscriptions: list[Subscription] = []
         self._renewer: gevent.Greenlet | None = None
         self._presence_stale = False
+        self._caller = HubCaller()
         if self.config.insecure_origins:
             self.logger.warning("rtgevent: insecure_origins is on: any website may open a WebSocket here")
         instances.add(self)
@@ -335,6 +337,7 @@ class Realtime:
             node_id=config.node_id,
             report_error=self._report,
             debug=config.debug,
+            caller=self._caller,
         )
         self._stats.connections_total += 1
         self._live += 1
@@ -503,6 +506,8 @@ class Realtime:
 
     def broadcast(self, route: str, data: Any = None) -> None:
         """Send to every session on every started node; the envelope is encoded once."""
+        if not self._caller.in_hub_thread():
+            return self._caller.call(self.broadcast, route, data)
         self._check_open()
         envelope = self.codec.encode(Message(route, data))
         deliver_local(self._hub.sessions(), envelope)
@@ -511,6 +516,8 @@ class Realtime:
 
     def send_to_identity(self, tenant_id: str, identity_id: str, route: str, data: Any = None) -> None:
         """Send to every live session of an identity; raises `SessionClosed` when there is none."""
+        if not self._caller.in_hub_thread():
+            return self._caller.call(self.send_to_identity, tenant_id, identity_id, route, data)
         self._check_open()
         envelope = self.codec.encode(Message(route, data))
         local = self._hub.of_identity(tenant_id, identity_id)
@@ -535,10 +542,14 @@ class Realtime:
         return len(nodes)
 
     def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]:
+        if not self._caller.in_hub_thread():
+            return self._caller.call(self.get_identity_sessions, tenant_id, identity_id)
         self._check_open()
         return self.presence.get_identity_sessions(tenant_id, identity_id)
 
     def is_online(self, tenant_id: str, identity_id: str) -> bool:
+        if not self._caller.in_hub_thread():
+            return self._caller.call(self.is_online, tenant_id, identity_id)
         self._check_open()
         return self.presence.is_online(tenant_id, identity_id)
 

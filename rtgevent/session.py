@@ -15,6 +15,7 @@ from gevent.event import Event
 from .codec import Codec
 from .errors import SessionClosed
 from .message import Message
+from .threadsafe import HubCaller
 from .transport.frames import Closing, OutItem
 from .types import DisconnectInfo, Identity, Initiator, SessionInfo, utcnow
 
@@ -46,6 +47,7 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "_caller",
         "_codec",
         "_conn",
         "_debug",
@@ -71,6 +73,7 @@ class Session:
         node_id: str,
         report_error: ErrorReporter,
         debug: bool = False,
+        caller: HubCaller | None = None,
     ) -> None:
         self.id = session_id
         self.identity = identity
@@ -85,6 +88,7 @@ class Session:
         self._ended: Event | None = None
         self._report_error = report_error
         self._debug = debug
+        self._caller = caller
 
     def __repr__(self) -> str:
         return f"<Session {self.id} identity={self.identity.tenant_id}/{self.identity.id}>"
@@ -100,8 +104,12 @@ class Session:
 
         Called from this session's own handler, a full queue waits for room instead.
         Raises `SessionClosed` once the session is closing, `BackpressureError` when
-        DROP_NEWEST dropped the message.
+        DROP_NEWEST dropped the message.  From a native OS thread the call is handed to
+        the gevent hub and waits for it.
         """
+        caller = self._caller
+        if caller is not None and not caller.in_hub_thread():
+            return caller.call(self.send_message, msg)
         self._push(self._codec.encode(msg))
 
     def _push(self, payload: str | bytes) -> None:
