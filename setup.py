@@ -21,6 +21,7 @@ setup(
         "kombu": ["kombu[redis]>=5.4"],
         "redis": ["redis>=5.0"],
         "gunicorn": ["gunicorn[gevent]>=23.0"],
+        "prometheus": ["prometheus-client>=0.20"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -32,6 +33,7 @@ setup(
             "mypy>=1.10",
             "ruff>=0.5",
             "flask-socketio>=5.3",
+            "prometheus-client>=0.20",
         ],
     },
     entry_points={"console_scripts": ["rtgevent=rtgevent.cli:main"]},

@@ -560,6 +560,7 @@ class Realtime:
     def stats(self) -> dict[str, int]:
         counters = self._stats.as_dict()
         counters["connections"] = len(self._hub)
+        counters["broker_reconnects"] = int(getattr(self.broker, "reconnects", 0))
         return counters
 
     # ------------------------------------------------------------------ lifecycle
