@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .broker import Broker, LocalBroker, Subscription
     from .codec import CmdCodec, Codec, JSONCodec
     from .config import Backpressure, Config
+    from .emitter import Emitter
     from .errors import (
         AlreadyStarted,
         BackpressureError,
@@ -60,6 +61,7 @@ _LAZY = {
     "Config": ".config",
     "ConnectionLimit": ".errors",
     "DisconnectInfo": ".types",
+    "Emitter": ".emitter",
     "HandlerError": ".errors",
     "HandlerTimeout": ".errors",
     "Identity": ".types",
@@ -106,6 +108,7 @@ __all__ = [
     "Config",
     "ConnectionLimit",
     "DisconnectInfo",
+    "Emitter",
     "HandlerError",
     "HandlerTimeout",
     "Identity",

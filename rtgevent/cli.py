@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import signal
@@ -84,6 +85,48 @@ def _connect(rt: Any, broker: str | None, presence: str | None) -> None:
         rt.presence = presence_from_url(presence, ttl=rt.config.presence_ttl)
 
 
+def _data(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # not JSON: send the text as a string
+
+
+def _emit(args: argparse.Namespace) -> int:
+    """The Emitter verbs: one line of output, one clear line and a non-zero exit on failure."""
+    from .emitter import Emitter
+    from .errors import RealtimeError
+
+    if not args.broker or not args.presence:
+        print("rtgevent: --broker and --presence (or RTGEVENT_BROKER_URL / RTGEVENT_PRESENCE_URL) are required",
+              file=sys.stderr)
+        return 2
+    try:
+        with Emitter(args.broker, args.presence, namespace=args.namespace) as emitter:
+            if args.command == "send":
+                nodes = emitter.send_to_identity(args.tenant, args.identity, args.route, _data(args.data))
+                print(f"sent to {args.tenant}/{args.identity} on {nodes} node(s)")
+            elif args.command == "broadcast":
+                emitter.broadcast(args.route, _data(args.data))
+                print("broadcast sent")
+            elif args.command == "online":
+                online = emitter.is_online(args.tenant, args.identity)
+                print("online" if online else "offline")
+                return 0 if online else 1
+            elif args.command == "sessions":
+                for info in emitter.get_identity_sessions(args.tenant, args.identity):
+                    print(json.dumps(info.to_json()))
+            elif args.command == "kick":
+                nodes = emitter.kick_identity(args.tenant, args.identity, args.code, args.reason)
+                print(f"kicked {args.tenant}/{args.identity} on {nodes} node(s)")
+    except RealtimeError as exc:
+        print(str(exc).splitlines()[0], file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rtgevent", description="realtime WebSocket gateway on gevent")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,7 +142,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo = sub.add_parser("demo", help="run the demo page, with embedded defaults")
     demo.add_argument("--bind", default="127.0.0.1:8000")
+    for verb, text in [
+        ("send", "send to every live session of an identity"),
+        ("broadcast", "send to every session of every node"),
+        ("online", "is the identity online? (exit 1 when not)"),
+        ("sessions", "the identity's live sessions, one JSON line each"),
+        ("kick", "close every live session of an identity"),
+    ]:
+        cmd = sub.add_parser(verb, help=text)
+        cmd.add_argument("--broker", default=os.environ.get("RTGEVENT_BROKER_URL"))
+        cmd.add_argument("--presence", default=os.environ.get("RTGEVENT_PRESENCE_URL"))
+        cmd.add_argument("--namespace", default="rtgevent")
+        if verb != "broadcast":
+            cmd.add_argument("tenant")
+            cmd.add_argument("identity")
+        if verb in ("send", "broadcast"):
+            cmd.add_argument("route")
+            cmd.add_argument("data", nargs="?", help="JSON (or plain text)")
+        if verb == "kick":
+            cmd.add_argument("--code", type=int, default=1008)
+            cmd.add_argument("--reason", default="kicked")
     args = parser.parse_args(argv)
+    if args.command in ("send", "broadcast", "online", "sessions", "kick"):
+        return _emit(args)  # synchronous: no gevent, no monkey-patching
     _patch()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":

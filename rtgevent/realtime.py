@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gevent
 from gevent import Timeout, getcurrent
@@ -30,6 +30,9 @@ from .delivery import (
     kick_local,
     node_topic,
 )
+
+if TYPE_CHECKING:
+    from .events import KombuEvents
 from .errors import (
     AlreadyStarted,
     BadMessage,
@@ -109,6 +112,7 @@ class Realtime:
         presence: Presence | None = None,
         logger: logging.Logger | None = None,
         id_generator: IdGenerator | None = None,
+        events: KombuEvents | None = None,
     ) -> None:
         self.config = config if config is not None else Config()
         self.authenticator: Authenticator = authenticator or AnonymousAuthenticator()
@@ -117,6 +121,8 @@ class Realtime:
         self.presence: Presence = presence if presence is not None else MemoryPresence()
         self.logger = logger or logging.getLogger("rtgevent")
         self._new_id: IdGenerator = id_generator or random_id
+        #: backend event stream (seed 003): enter / message / leave, or None
+        self.events = events
         self._router: Router[Handler] = Router()
         self._middleware: list[Middleware] = []
         self._dispatch_router: Router[Handler] | None = None
@@ -388,6 +394,8 @@ class Realtime:
             code = 1008 if isinstance(exc, Unauthorized) else 1011
             session._close(Closing(Initiator.SERVER, code, "rejected", flush=True))
             return False
+        if self.events is not None:
+            self.events.enter(session)
         return True
 
     def _unregister(self, session: Session) -> None:
@@ -425,6 +433,8 @@ class Realtime:
         session._finish(info)
         if error is not None and not expected:
             self._report(error, session)
+        if registered and self.events is not None:
+            self.events.leave(session, info)
         if registered:
             for hook in self._on_disconnect:
                 try:
@@ -444,6 +454,11 @@ class Realtime:
             msg = self.codec.decode(payload)
             msg_id = msg.id
             handler = router.resolve(msg.route)
+            events = self.events
+            if events is not None and events.wants(msg.route):
+                events.message(session, msg)
+                if handler is None:
+                    return  # the backend answers this route
             if handler is None:
                 raise UnknownRoute(msg.route)
             result = handler(session, msg)
@@ -633,7 +648,10 @@ class Realtime:
                     self._report(exc, None)
             if self._renewer is not None:
                 self._renewer.kill(block=False)
-            for closer in (self.presence.close, self.broker.close):
+            closers = [self.presence.close, self.broker.close]
+            if self.events is not None:
+                closers.insert(0, self.events.close)
+            for closer in closers:
                 try:
                     closer()
                 except Exception as exc:

@@ -53,6 +53,11 @@ def make_node() -> Callable[..., Iterable[bytes]]:
     namespace = spec["namespace"]
     broker = CountingBroker(broker_from_url(spec["broker"], namespace=namespace))
     presence = presence_from_url(spec["presence"], ttl=spec.get("presence_ttl", 90), namespace=namespace)
+    events = None
+    if spec.get("events_queue"):
+        from rtgevent.events import KombuEvents
+
+        events = KombuEvents(spec["events_url"], queue=spec["events_queue"], routes=spec.get("events_routes", ()))
     rt = Realtime(
         Config(
             presence_ttl=spec.get("presence_ttl", 90),
@@ -62,6 +67,7 @@ def make_node() -> Callable[..., Iterable[bytes]]:
         authenticator=BearerTokenAuthenticator(lambda token: Identity(token, tenant_id="acme")),
         broker=broker,
         presence=presence,
+        events=events,
     )
     disconnects: list[dict[str, Any]] = []
 

@@ -1,0 +1,100 @@
+"""`Emitter`: the write-only side of the cluster for synchronous code in any process.
+
+A Flask view, a thread pool, a Celery worker: they publish the same broker payloads a
+gateway node does and read the same presence, with no gevent at all (importing this
+module imports neither gevent nor the gateway).  Thread safety comes from the broker and
+presence implementations: connection and producer pools, never one connection shared
+between threads.  Every call is bounded: a broker or Redis that does not answer raises
+`BrokerUnavailable` after a few retries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from .broker import Broker, broker_from_url
+from .codec import Codec, JSONCodec
+from .delivery import BROADCAST_TOPIC, BrokerPayload, encode_payload, node_topic
+from .errors import SessionClosed
+from .message import Message
+from .presence import Presence, presence_from_url
+from .types import SessionInfo
+
+__all__ = ["Emitter"]
+
+
+class Emitter:
+    """Reach live sessions from outside the gateway: ``Emitter(broker_url, presence_url)``."""
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        presence_url: str | None = None,
+        codec: Codec | None = None,
+        *,
+        namespace: str = "rtgevent",
+        broker: Broker | None = None,
+        presence: Presence | None = None,
+    ) -> None:
+        if broker is None:
+            if broker_url is None:
+                raise ValueError("rtgevent: Emitter needs broker_url (or broker=)")
+            broker = broker_from_url(broker_url, namespace=namespace)
+        if presence is None:
+            if presence_url is None:
+                raise ValueError("rtgevent: Emitter needs presence_url (or presence=)")
+            presence = presence_from_url(presence_url, namespace=namespace)
+        self.broker = broker
+        self.presence = presence
+        self.codec: Codec = codec or JSONCodec()
+        #: the origin named in payloads (an emitter is no node: no node ignores its broadcasts)
+        self.origin = f"emitter-{uuid.uuid4().hex[:12]}"
+
+    def _nodes(self, tenant_id: str, identity_id: str) -> list[str]:
+        return sorted({info.node_id for info in self.presence.get_identity_sessions(tenant_id, identity_id)})
+
+    def send_to_identity(self, tenant_id: str, identity_id: str, route: str, data: Any = None) -> int:
+        """Send to every live session of the identity; returns how many nodes hold it.
+
+        Raises `SessionClosed` when presence knows no session of it.
+        """
+        nodes = self._nodes(tenant_id, identity_id)
+        if not nodes:
+            raise SessionClosed(f"no live session for {tenant_id}/{identity_id}")
+        envelope = self.codec.encode(Message(route, data))
+        raw = encode_payload(BrokerPayload("identity", self.origin, envelope, tenant_id, identity_id))
+        for node in nodes:
+            self.broker.publish(node_topic(node), raw)
+        return len(nodes)
+
+    def broadcast(self, route: str, data: Any = None) -> None:
+        """Send to every session of every started node."""
+        envelope = self.codec.encode(Message(route, data))
+        self.broker.publish(BROADCAST_TOPIC, encode_payload(BrokerPayload("broadcast", self.origin, envelope)))
+
+    def kick_identity(self, tenant_id: str, identity_id: str, code: int = 1008, reason: str = "kicked") -> int:
+        """Close every live session of the identity with ``code``; returns how many nodes were asked."""
+        nodes = self._nodes(tenant_id, identity_id)
+        raw = encode_payload(
+            BrokerPayload("kick", self.origin, tenant=tenant_id, identity=identity_id, code=code, reason=reason)
+        )
+        for node in nodes:
+            self.broker.publish(node_topic(node), raw)
+        return len(nodes)
+
+    def is_online(self, tenant_id: str, identity_id: str) -> bool:
+        return self.presence.is_online(tenant_id, identity_id)
+
+    def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]:
+        return self.presence.get_identity_sessions(tenant_id, identity_id)
+
+    def close(self) -> None:
+        self.broker.close()
+        self.presence.close()
+
+    def __enter__(self) -> Emitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
