@@ -184,3 +184,6 @@ def serve_realtime() -> Iterator[Callable[[Any], Server]]:
         if hasattr(app, "shutdown"):
             app.shutdown(timeout=5)
         server.stop(timeout=5)
+
+
+from tests.clusterkit import cluster  # noqa: E402, F401  (the many-node fixture, shared by several modules)

@@ -1,0 +1,88 @@
+"""Shared pieces of the many-node tests: broker URLs, the ``cluster`` fixture, a logged-in client."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import websocket
+
+from tests.conftest import WAIT
+from tests.procs import ServeProcess
+
+REDIS = "redis://127.0.0.1:6379/0"
+AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+BROKERS = {"redis": REDIS, "kombu-amqp": AMQP, "kombu-redis": "kombu+redis://127.0.0.1:6379/0"}
+
+
+def _cleanup(namespace: str, redis_url: str = REDIS, amqp_url: str | None = AMQP) -> None:
+    with contextlib.suppress(Exception):
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    if amqp_url:
+        import kombu
+
+        with contextlib.suppress(Exception), kombu.Connection(amqp_url, connect_timeout=5) as conn:
+            channel = conn.default_channel
+            for suffix in ("broadcast", "direct"):
+                with contextlib.suppress(Exception):
+                    channel.exchange_delete(f"{namespace}.{suffix}")
+
+
+@pytest.fixture
+def cluster() -> Iterator[Callable[..., list[ServeProcess]]]:
+    """``cluster(n, broker=URL, presence=URL, **spec)`` starts n nodes in one fresh namespace."""
+    nodes: list[ServeProcess] = []
+    namespaces: list[tuple[str, str]] = []
+
+    def factory(n: int, *, broker: str, presence: str = REDIS, namespace: str | None = None, **spec: Any) -> list[
+        ServeProcess
+    ]:
+        ns = namespace or f"rtgtest-{uuid.uuid4().hex[:10]}"
+        namespaces.append((ns, presence))
+        env = {"RTG_CLUSTER": json.dumps({"broker": broker, "presence": presence, "namespace": ns, **spec})}
+        started = [ServeProcess("tests.cluster_app:make_node()", env=env) for _ in range(n)]
+        nodes.extend(started)
+        return started
+
+    yield factory
+    for node in nodes:
+        node.stop()
+    for ns, presence in namespaces:
+        _cleanup(ns, presence if presence.startswith("redis") else REDIS)
+
+
+class Client:
+    """A logged-in WebSocket client of one node."""
+
+    def __init__(self, node: ServeProcess, identity: str) -> None:
+        self.identity = identity
+        self.ws = websocket.create_connection(f"{node.ws_base}/?access_token={identity}", timeout=WAIT)
+        self.ws.send(json.dumps({"id": "who", "route": "whoami"}))
+        reply = json.loads(self.ws.recv())
+        assert reply["data"]["identity"] == identity  # registered: hub and presence
+        self.node_id = reply["data"]["node"]
+
+    def next(self) -> dict[str, Any]:
+        return json.loads(self.ws.recv())
+
+    def expect(self, route: str, data: Any) -> None:
+        msg = self.next()
+        assert (msg["route"], msg.get("data")) == (route, data), msg
+
+    def ping(self) -> None:
+        self.ws.send(json.dumps({"id": "p", "route": "whoami"}))
+        assert self.next()["route"] == "rt.reply"
+
+    def close(self) -> None:
+        self.ws.close()
+
+
