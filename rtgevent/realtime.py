@@ -238,6 +238,10 @@ class Realtime:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         router = self._freeze()
+        if not self._started and self._shared_state():
+            # A shared broker or presence needs this node subscribed and its lease renewed;
+            # starting on the first request (never at import) is safe under forking servers.
+            self.ensure_started()
         prior = uses_prior_handshake(environ)
         accept: Accept | None = None
         if not prior:
@@ -667,6 +671,9 @@ class Realtime:
     @property
     def started(self) -> bool:
         return self._started
+
+    def _shared_state(self) -> bool:
+        return not isinstance(self.broker, LocalBroker) or not isinstance(self.presence, MemoryPresence)
 
     def ensure_started(self) -> None:
         """Start this node unless it is started (the lazy start of the Flask and gunicorn integrations).

@@ -1,0 +1,465 @@
+"""Presence in Redis, leased per node (SPEC section 7; ARCHITECTURE.md "One node, many nodes").
+
+Theory of operation
+-------------------
+A session is alive exactly while the lease of its node is alive, so sessions are never
+refreshed one by one: a node renews one sorted-set entry every ``presence_ttl / 3`` however
+many sessions it holds.  Lookups ignore the sessions of a node whose lease is missing or past
+its deadline, so a node that died vanishes from every answer within ``ttl`` without anyone
+cleaning up; the next `renew` of any other node then purges its entries.
+
+Key layout (``<ns>`` is the namespace, ``esc()`` percent-escapes ``%`` and ``:`` so that a
+tenant ``"a:b"`` with identity ``"c"`` and a tenant ``"a"`` with identity ``"b:c"`` never share
+a key: tenants are separate worlds)::
+
+    <ns>:ident:<esc(tenant)>:<identity>   hash  session_id -> '["<node_id>","<remote_addr>","<connected_at>"]'
+    <ns>:node:<node_id>                   set   '<esc(session_id)>:<esc(tenant)>:<identity>'
+    <ns>:leases                           zset  node_id -> lease deadline (unix seconds, Redis clock)
+
+The hash value is a compact JSON array rather than `SessionInfo.to_json`: session id, tenant
+and identity are already spelled by the field and the key, ``expires_at`` is the node's
+lease, and a value under 64 bytes keeps small hashes in Redis' compact listpack encoding
+(about half the memory).  A node-set member spells the identity key suffix and the field, so
+a purge finds every entry of a node without reading the hashes.
+
+Deadlines are computed from Redis' own clock (``TIME`` inside the scripts), never from the
+caller's: nodes with skewed clocks still agree on which leases are alive.
+
+Operations and their round trips: `register` and `unregister` are one ``MULTI``/``EXEC``
+pipeline; `get_identity_sessions` and `is_online` are one ``EVALSHA`` (the script reads the
+hash and the lease scores of the nodes named in it); `renew` is one ``EVALSHA`` in the steady
+state.  A purge runs in chunks of `purge_chunk` members, each chunk one atomic script that
+first checks the lease is still expired: two nodes purging the same dead node at once pop
+disjoint members (``SPOP``) and never touch a node that renewed meanwhile.
+
+Self-healing: the object remembers the sessions it registered (it needs them anyway to find
+a session's keys on `unregister`).  When `renew` sees that Redis holds a different number of
+sessions for the node than it registered (Redis restarted empty, the node was purged during
+a long pause, an `unregister` failed while Redis was down), it rewrites the node's entries
+from what it knows.  This assumes one presence object writes each node id, which is how
+`Realtime` uses it (one node id per process).
+
+The scripts name keys they compute (the identity hashes of a purged node), so this store
+needs a single Redis (or a primary with replicas), not Redis Cluster.  Redis >= 5.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..errors import BrokerUnavailable, InvalidOption
+from ..types import SessionInfo
+
+__all__ = ["RedisPresence"]
+
+_T = TypeVar("_T")
+
+#: First pause between quick retries (doubled each time): long enough for a failover of a
+#: pooled connection to be noticed, short enough that the caller is answered promptly.
+_RETRY_PAUSE = 0.05
+
+#: How many expired nodes one `renew` looks at: a mass outage is purged over a few renewals
+#: instead of blocking one renewer for long.
+_EXPIRED_SCAN = 16
+
+# Reads the identity hash and the lease of each node named in it, in one round trip, and
+# keeps only the sessions of live nodes.  ARGV[1] == "1" answers "anyone alive?" (is_online)
+# and stops at the first live session.  Values that do not decode to [node, ...] are skipped:
+# they cannot belong to a live node we could route to.
+_LOOKUP_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local any = ARGV[1] == '1'
+local h = redis.call('HGETALL', KEYS[1])
+local deadlines = {}
+local out = {}
+for i = 1, #h, 2 do
+  local ok, v = pcall(cjson.decode, h[i + 1])
+  if ok and type(v) == 'table' and type(v[1]) == 'string' then
+    local node = v[1]
+    local d = deadlines[node]
+    if d == nil then
+      d = redis.call('ZSCORE', KEYS[2], node)
+      deadlines[node] = d
+    end
+    if d and tonumber(d) > now then
+      if any then return 1 end
+      out[#out + 1] = h[i]
+      out[#out + 1] = h[i + 1]
+      out[#out + 1] = d
+    end
+  end
+end
+if any then return 0 end
+return out
+"""
+
+# Sets this node's deadline to now + ttl, and reports how many sessions Redis holds for it
+# (to detect lost entries) and a few expired nodes (to purge).
+_RENEW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local deadline = string.format('%.6f', now + tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[1], deadline, ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now),
+                           'LIMIT', 0, tonumber(ARGV[3]))
+return {deadline, redis.call('SCARD', KEYS[2]), expired}
+"""
+
+# Purges one chunk of an expired node, atomically.  Returns how many members are left (0 when
+# done, and then the lease entry is gone too), or -1 if the node renewed meanwhile (it is
+# alive: leave it alone; its own renew re-adds what an earlier chunk removed).  A node with no
+# lease entry is left alone as well: it registered after an earlier purge and has not renewed
+# yet, or another purger just finished.
+_PURGE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local d = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not d then return 0 end
+if tonumber(d) > now then return -1 end
+local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[3]))
+for _, m in ipairs(members) do
+  local sid, rest = string.match(m, '^([^:]*):(.*)$')
+  if sid then
+    sid = string.gsub(sid, '%%(%x%x)', function(h) return string.char(tonumber(h, 16)) end)
+    redis.call('HDEL', ARGV[2] .. rest, sid)
+  end
+end
+local left = redis.call('SCARD', KEYS[2])
+if left == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return left
+"""
+
+#: Chunks one `purge_node` call works through at most (x `purge_chunk` = 5M sessions by default).
+_PURGE_ROUNDS = 10_000
+
+_UNESCAPE = re.compile(r"%(25|3A)")
+
+
+def _check_ttl(ttl: float) -> None:
+    if not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
+        raise InvalidOption("ttl", "must be a finite, positive number of seconds")
+
+
+def _esc(text: str) -> str:
+    """Make ``text`` free of ``:`` (reversibly), so it can sit before a separator."""
+    return text.replace("%", "%25").replace(":", "%3A")
+
+
+def _unesc(text: str) -> str:
+    return _UNESCAPE.sub(lambda m: "%" if m.group(1) == "25" else ":", text)
+
+
+def _text(value: bytes | str) -> str:
+    """Redis replies are bytes unless the caller's client decodes them; accept both."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _dt_out(value: datetime.datetime) -> str:
+    """ISO 8601, with ``Z`` for UTC: five bytes less per session and an exact round trip."""
+    text = value.isoformat()
+    if value.tzinfo is datetime.UTC and text.endswith("+00:00"):
+        text = text[:-6] + "Z"
+    return text
+
+
+class RedisPresence:
+    """Who is online on which node, in one Redis shared by every node (see the module docstring).
+
+    ``url_or_client`` is a ``redis://`` / ``rediss://`` URL (this object then owns its pool,
+    with ``socket_timeout`` on every connection and no hidden retries) or a ``redis.Redis``
+    the caller owns and configures (`close` leaves its pool open).  ``ttl`` is the lease given
+    to a node that registers before it ever renewed; `Realtime` renews with its
+    ``presence_ttl`` before the first session arrives.  A Redis failure is retried
+    ``retries`` times, quickly, then raises `BrokerUnavailable`: a caller is never left hanging.
+    """
+
+    #: Members removed per purge script call: bounds how long one call blocks Redis (~1 ms).
+    purge_chunk: int = 500
+
+    def __init__(
+        self,
+        url_or_client: str | redis.Redis,
+        ttl: float = 90.0,
+        *,
+        namespace: str = "rtgevent",
+        socket_timeout: float = 2.0,
+        retries: int = 2,
+    ) -> None:
+        _check_ttl(ttl)
+        if not socket_timeout > 0:
+            raise InvalidOption("socket_timeout", "must be a positive number of seconds")
+        if not isinstance(retries, int) or retries < 0:
+            raise InvalidOption("retries", "must be an integer >= 0")
+        if not namespace:
+            raise InvalidOption("namespace", "must be a non-empty string")
+        if isinstance(url_or_client, str):
+            # retry=Retry(NoBackoff(), 0): redis-py must not retry behind our back, or the
+            # bound on how long a caller waits would be its policy's, not ours.
+            self._client: redis.Redis = redis.Redis.from_url(
+                url_or_client,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._owns_client = True
+        else:
+            self._client = url_or_client
+            self._owns_client = False
+        self._ttl = float(ttl)
+        self._retries = retries
+        self._ns = namespace
+        self._leases_key = f"{namespace}:leases"
+        self._ident_prefix = f"{namespace}:ident:"
+        self._where = _describe(self._client)
+        self._lookup = self._client.register_script(_LOOKUP_LUA)
+        self._renew = self._client.register_script(_RENEW_LUA)
+        self._purge = self._client.register_script(_PURGE_LUA)
+        self._lock = threading.Lock()
+        #: sessions this object registered (and has not unregistered): what `unregister` and
+        #: the self-healing in `renew` need.  Held only around dict updates, never across I/O.
+        self._sessions: dict[str, SessionInfo] = {}
+        #: node id -> its session ids, for every node this object registered on (kept when empty)
+        self._by_node: dict[str, set[str]] = {}
+        #: nodes this object renewed (they get retired on close)
+        self._leased: set[str] = set()
+
+    # ------------------------------------------------------------------ keys
+
+    def _ident_key(self, tenant_id: str, identity_id: str) -> str:
+        return f"{self._ident_prefix}{_esc(tenant_id)}:{identity_id}"
+
+    def _node_key(self, node_id: str) -> str:
+        return f"{self._ns}:node:{node_id}"
+
+    @staticmethod
+    def _member(info: SessionInfo) -> str:
+        return f"{_esc(info.session_id)}:{_esc(info.tenant_id)}:{info.identity_id}"
+
+    @staticmethod
+    def _value(info: SessionInfo) -> str:
+        return json.dumps([info.node_id, info.remote_addr, _dt_out(info.connected_at)], separators=(",", ":"))
+
+    # ------------------------------------------------------------------ Presence
+
+    def register(self, info: SessionInfo) -> None:
+        """Add a session: one MULTI (HSET + SADD), atomic so a purge sees both or neither."""
+        if info.node_id not in self._leased:
+            # A session of a node without a lease would be invisible and never purged.
+            self.renew(info.node_id, self._ttl)
+        with self._lock:
+            previous = self._sessions.get(info.session_id)
+            if previous is not None:
+                self._forget(previous)
+            self._remember(info)
+        # Remembered before the write: a concurrent renew's self-healing must not mistake an
+        # in-flight registration for a stale entry and remove it.
+        try:
+            self._run("register", lambda: self._write(add=[info], remove=self._moved(previous, info)))
+        except BaseException:
+            with self._lock:
+                if self._sessions.get(info.session_id) is info:
+                    self._forget(info)
+                    if previous is not None:
+                        self._remember(previous)
+            raise
+
+    def unregister(self, session_id: str) -> None:
+        """Remove a session this object registered: one MULTI (HDEL + SREM); unknown ids are a no-op."""
+        with self._lock:
+            info = self._sessions.get(session_id)
+            if info is None:
+                return
+            # Forgotten first: if Redis is down, the entry left behind is removed by the
+            # self-healing of the next renew instead of being re-added.
+            self._forget(info)
+        self._run("unregister", lambda: self._write(add=(), remove=[info]))
+
+    def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]:
+        """Live sessions of one identity, oldest first; one EVALSHA.  ``expires_at`` is the node's lease."""
+        keys = [self._ident_key(tenant_id, identity_id), self._leases_key]
+        flat = self._run("lookup", lambda: self._lookup(keys=keys, args=["0"]))
+        found: list[SessionInfo] = []
+        for i in range(0, len(flat), 3):
+            node_id, remote_addr, connected_at = json.loads(flat[i + 1])
+            found.append(
+                SessionInfo(
+                    session_id=_text(flat[i]),
+                    identity_id=identity_id,
+                    tenant_id=tenant_id,
+                    node_id=node_id,
+                    remote_addr=remote_addr,
+                    connected_at=datetime.datetime.fromisoformat(connected_at),
+                    expires_at=datetime.datetime.fromtimestamp(float(flat[i + 2]), datetime.UTC),
+                )
+            )
+        found.sort(key=lambda s: (s.connected_at, s.session_id))
+        return found
+
+    def is_online(self, tenant_id: str, identity_id: str) -> bool:
+        """Whether the identity has a session on a live node; one EVALSHA that stops at the first."""
+        keys = [self._ident_key(tenant_id, identity_id), self._leases_key]
+        return bool(self._run("lookup", lambda: self._lookup(keys=keys, args=["1"])))
+
+    def renew(self, node_id: str, ttl: float) -> None:
+        """Extend the node's lease to now + ``ttl`` (Redis clock); heal its entries; purge dead nodes.
+
+        One EVALSHA in the steady state.  Purging here puts the cleanup on the renewers,
+        which run anyway, instead of on a janitor process someone must remember to deploy.
+        """
+        _check_ttl(ttl)
+        keys = [self._leases_key, self._node_key(node_id)]
+        reply = self._run("renew", lambda: self._renew(keys=keys, args=[node_id, repr(float(ttl)), _EXPIRED_SCAN]))
+        _deadline, stored, expired = reply
+        with self._lock:
+            self._leased.add(node_id)
+            known = self._by_node.get(node_id)
+            drifted = known is not None and len(known) != int(stored)
+        if drifted:
+            self._heal(node_id)
+        for raw in expired:
+            dead = _text(raw)
+            if dead != node_id:
+                self.purge_node(dead)
+
+    def close(self) -> None:
+        """Retire the nodes this object renewed (their entries go now, not after ``ttl``); close our pool.
+
+        `Realtime` closes presence after every session ended, so normally only the lease
+        entries are left to remove.  A pool passed in by the caller stays open.
+        """
+        with self._lock:
+            leased = sorted(self._leased)
+            self._leased.clear()
+            self._sessions.clear()
+            self._by_node.clear()
+        try:
+            for node_id in leased:
+                # Deadline 0 = expired now: lookups ignore it at once and the purge's
+                # "still expired?" guard lets it through.
+                self._expire_lease(node_id)
+                self.purge_node(node_id)
+        finally:
+            if self._owns_client:
+                self._client.close()
+                self._client.connection_pool.disconnect()
+
+    # ------------------------------------------------------------------ maintenance
+
+    def purge_node(self, node_id: str) -> bool:
+        """Remove an expired node's entries in atomic chunks; False if the node turned out to be alive.
+
+        Safe to run from several nodes at once: each chunk pops distinct members, and a node
+        that renewed meanwhile is left alone.  The loop is bounded (a dead node cannot grow;
+        the bound only guards against a node registering while its lease is expired): what
+        is left is purged by a later renew.
+        """
+        keys = [self._leases_key, self._node_key(node_id)]
+        args: list[str | int] = [node_id, self._ident_prefix, self.purge_chunk]
+        for _ in range(_PURGE_ROUNDS):
+            left = int(self._run("purge", lambda: self._purge(keys=keys, args=args)))
+            if left < 0:
+                return False
+            if left == 0:
+                return True
+        return True
+
+    def _expire_lease(self, node_id: str) -> None:
+        self._run("close", lambda: self._client.zadd(self._leases_key, {node_id: 0}))
+
+    def _heal(self, node_id: str) -> None:
+        """Make Redis hold exactly the sessions this object registered on ``node_id``.
+
+        Two round trips (SMEMBERS, then one MULTI), only when `renew` saw a count mismatch.
+        """
+        node_key = self._node_key(node_id)
+        members = {_text(m) for m in self._run("heal", lambda: self._client.smembers(node_key))}
+        with self._lock:
+            want = [self._sessions[sid] for sid in self._by_node.get(node_id, ())]
+        wanted = {self._member(info) for info in want}
+        stale = [m for m in members if m not in wanted]
+
+        def write() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            for member in stale:
+                sid, _, rest = member.partition(":")
+                pipe.hdel(self._ident_prefix + rest, _unesc(sid))
+                pipe.srem(node_key, member)
+            for info in want:
+                pipe.hset(self._ident_key(info.tenant_id, info.identity_id), info.session_id, self._value(info))
+                pipe.sadd(node_key, self._member(info))
+            pipe.execute()
+
+        if stale or want:
+            self._run("heal", write)
+
+    # ------------------------------------------------------------------ internals
+
+    def _remember(self, info: SessionInfo) -> None:
+        self._sessions[info.session_id] = info
+        self._by_node.setdefault(info.node_id, set()).add(info.session_id)
+
+    def _forget(self, info: SessionInfo) -> None:
+        del self._sessions[info.session_id]
+        self._by_node[info.node_id].discard(info.session_id)
+
+    def _moved(self, previous: SessionInfo | None, info: SessionInfo) -> list[SessionInfo]:
+        """A re-registered session id whose keys changed: its old entries must go in the same MULTI."""
+        if previous is None:
+            return []
+        same_keys = (previous.tenant_id, previous.identity_id, previous.node_id) == (
+            info.tenant_id,
+            info.identity_id,
+            info.node_id,
+        )
+        return [] if same_keys else [previous]
+
+    def _write(self, add: Iterable[SessionInfo], remove: Iterable[SessionInfo]) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        for info in remove:
+            pipe.hdel(self._ident_key(info.tenant_id, info.identity_id), info.session_id)
+            pipe.srem(self._node_key(info.node_id), self._member(info))
+        for info in add:
+            pipe.hset(self._ident_key(info.tenant_id, info.identity_id), info.session_id, self._value(info))
+            pipe.sadd(self._node_key(info.node_id), self._member(info))
+        pipe.execute()
+
+    def _run(self, what: str, op: Callable[[], _T]) -> _T:
+        """Run ``op``; retry connection failures ``retries`` times quickly; else `BrokerUnavailable`.
+
+        Every operation here is idempotent (or, for a purge chunk, harmless to repeat), so a
+        retry after a lost reply is safe.
+        """
+        attempt = 0
+        while True:
+            try:
+                return op()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt >= self._retries:
+                    raise BrokerUnavailable(
+                        f"presence store {self._where} did not answer ({what}) after {attempt + 1} attempt(s): {exc}"
+                    ) from exc
+                time.sleep(_RETRY_PAUSE * 2**attempt)
+                attempt += 1
+            except redis.RedisError as exc:
+                raise BrokerUnavailable(f"presence store {self._where} refused {what}: {exc}") from exc
+
+
+def _describe(client: redis.Redis) -> str:
+    """Where the client points, for error messages: never the password."""
+    kwargs: dict[str, Any] = getattr(client.connection_pool, "connection_kwargs", {})
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}"
+    scheme = "rediss" if "SSL" in getattr(client.connection_pool, "connection_class", type).__name__ else "redis"
+    return f"{scheme}://{kwargs.get('host', '?')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"

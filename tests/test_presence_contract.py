@@ -1,0 +1,592 @@
+"""The Presence contract: one suite, run against every implementation (STYLE.md).
+
+The first half holds for `MemoryPresence` and `RedisPresence` alike; the second half is what
+only a shared store has: node leases that expire, purges by other nodes, a store that is down,
+and the costs ARCHITECTURE.md promises (bytes per session, round trips).  Redis tests use a
+fresh namespace each and delete its keys afterwards, so they can share a Redis with anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+import redis
+
+from rtgevent.errors import BrokerUnavailable, InvalidOption
+from rtgevent.presence import MemoryPresence, Presence, presence_from_url
+from rtgevent.presence.redis import RedisPresence
+from rtgevent.types import SessionInfo
+
+REDIS_URL = os.environ.get("RTG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parent.parent
+#: generous: the machine is a busy 2-core box
+WAIT = 20.0
+UTC = datetime.UTC
+
+_clock = [datetime.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)]
+
+
+def make_info(identity: str = "alice", tenant: str = "acme", node: str = "node-a", **fields: Any) -> SessionInfo:
+    """A SessionInfo with a unique id and a strictly later connected_at than the previous one."""
+    _clock[0] += datetime.timedelta(microseconds=1_001)
+    values: dict[str, Any] = {
+        "session_id": uuid.uuid4().hex,
+        "identity_id": identity,
+        "tenant_id": tenant,
+        "node_id": node,
+        "remote_addr": "203.0.113.7",
+        "connected_at": _clock[0],
+    }
+    values.update(fields)
+    return SessionInfo(**values)
+
+
+def without_expiry(infos: list[SessionInfo]) -> list[SessionInfo]:
+    return [dataclasses.replace(i, expires_at=None) for i in infos]
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll ``predicate`` until truthy; fail (not hang) after ``timeout``."""
+    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
+        while True:
+            value = predicate()
+            if value:
+                return value
+            gevent.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def admin() -> Iterator[redis.Redis]:
+    """A plain client to look at the keys behind the store's back."""
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ns(admin: redis.Redis) -> Iterator[str]:
+    """A namespace of this test's own; its keys are deleted afterwards (SCAN MATCH <ns>:*)."""
+    name = f"rtgtest-{uuid.uuid4().hex}"
+    yield name
+    keys = list(admin.scan_iter(match=f"{name}:*", count=1000))
+    if keys:
+        admin.delete(*keys)
+
+
+@pytest.fixture
+def redis_presence(ns: str) -> Iterator[Callable[..., RedisPresence]]:
+    """``redis_presence(ttl=..., **kw)``: RedisPresence objects in this test's namespace, closed afterwards."""
+    made: list[RedisPresence] = []
+
+    def factory(ttl: float = 30.0, **kwargs: Any) -> RedisPresence:
+        kwargs.setdefault("namespace", ns)
+        presence = RedisPresence(REDIS_URL, ttl, **kwargs)
+        made.append(presence)
+        return presence
+
+    yield factory
+    for presence in made:
+        presence.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def presence(request: pytest.FixtureRequest) -> Iterator[Presence]:
+    """Each implementation in turn; its nodes are renewed before use, as `Realtime.start` does."""
+    store: Presence = MemoryPresence() if request.param == "memory" else request.getfixturevalue("redis_presence")()
+    for node in ("node-a", "node-b", "node-c"):
+        store.renew(node, 30.0)
+    yield store
+    store.close()
+
+
+# ---------------------------------------------------------------------------- the contract
+
+
+def test_register_then_lookup_returns_every_field(presence: Presence) -> None:
+    """What was registered comes back field for field (datetimes to the microsecond)."""
+    info = make_info(remote_addr="[2001:db8::1]:443")
+    presence.register(info)
+    got = presence.get_identity_sessions("acme", "alice")
+    assert without_expiry(got) == [info]
+    assert got[0].connected_at.tzinfo is not None
+    assert presence.is_online("acme", "alice")
+    if isinstance(presence, RedisPresence):
+        # a node's sessions expire with its lease: that deadline is what a reader is told
+        expires = got[0].expires_at
+        assert expires is not None and expires.tzinfo is not None
+        assert datetime.datetime.now(UTC) < expires <= datetime.datetime.now(UTC) + datetime.timedelta(seconds=31)
+
+
+def test_datetimes_in_other_zones_round_trip(presence: Presence) -> None:
+    """A connected_at with a non-UTC offset comes back as the same instant."""
+    paris = datetime.timezone(datetime.timedelta(hours=2))
+    info = make_info(connected_at=datetime.datetime(2024, 5, 1, 14, 0, 0, 7, tzinfo=paris))
+    presence.register(info)
+    [got] = presence.get_identity_sessions("acme", "alice")
+    assert got.connected_at == info.connected_at
+    assert got.connected_at.utcoffset() == datetime.timedelta(hours=2)
+
+
+def test_unregister_removes_the_session(presence: Presence) -> None:
+    """After unregister the identity is offline and has no sessions."""
+    info = make_info()
+    presence.register(info)
+    presence.unregister(info.session_id)
+    assert presence.get_identity_sessions("acme", "alice") == []
+    assert not presence.is_online("acme", "alice")
+
+
+def test_unregister_of_an_unknown_id_is_a_noop(presence: Presence) -> None:
+    """Unknown ids, and ids unregistered twice, are ignored without error."""
+    info = make_info()
+    presence.register(info)
+    presence.unregister("no-such-session")
+    presence.unregister(info.session_id)
+    presence.unregister(info.session_id)
+    assert presence.get_identity_sessions("acme", "alice") == []
+
+
+def test_unknown_identity_is_offline(presence: Presence) -> None:
+    assert presence.get_identity_sessions("acme", "nobody") == []
+    assert not presence.is_online("acme", "nobody")
+
+
+def test_tenants_are_separate_worlds(presence: Presence) -> None:
+    """The same identity id in two tenants is two people, even when the ids contain the separator."""
+    pairs = [("acme", "bob"), ("globex", "bob"), ("", "bob"), ("a:b", "c"), ("a", "b:c"), ("a%3Ab", "c"), ("ü", "ß:%")]
+    infos = {pair: make_info(identity=pair[1], tenant=pair[0]) for pair in pairs}
+    for info in infos.values():
+        presence.register(info)
+    for (tenant, identity), info in infos.items():
+        assert without_expiry(presence.get_identity_sessions(tenant, identity)) == [info]
+    presence.unregister(infos[("acme", "bob")].session_id)
+    assert not presence.is_online("acme", "bob")
+    assert presence.is_online("globex", "bob")
+    assert presence.is_online("", "bob")
+
+
+def test_one_identity_on_several_nodes(presence: Presence) -> None:
+    """Every session of an identity is listed, oldest first, each with its own node."""
+    infos = [make_info(node=node) for node in ("node-a", "node-b", "node-a", "node-c")]
+    for info in reversed(infos):
+        presence.register(info)
+    got = presence.get_identity_sessions("acme", "alice")
+    assert without_expiry(got) == infos
+    assert {i.node_id for i in got} == {"node-a", "node-b", "node-c"}
+    for info in infos[:-1]:
+        presence.unregister(info.session_id)
+    assert without_expiry(presence.get_identity_sessions("acme", "alice")) == infos[-1:]
+    assert presence.is_online("acme", "alice")
+
+
+def test_registering_a_session_again_replaces_it(presence: Presence) -> None:
+    """Register is idempotent per session id: the latest info wins, nothing is listed twice."""
+    info = make_info()
+    presence.register(info)
+    presence.register(info)
+    moved = dataclasses.replace(info, node_id="node-b", remote_addr="198.51.100.1")
+    presence.register(moved)
+    assert without_expiry(presence.get_identity_sessions("acme", "alice")) == [moved]
+    presence.unregister(info.session_id)
+    assert not presence.is_online("acme", "alice")
+
+
+# ---------------------------------------------------------------------------- RedisPresence: leases
+
+
+def test_unrenewed_node_vanishes_within_ttl(redis_presence: Callable[..., RedisPresence]) -> None:
+    """A node that stops renewing drops out of every answer after its ttl; a renewing node stays."""
+    ttl = 0.5
+    node_a, node_b, reader = redis_presence(ttl), redis_presence(ttl), redis_presence(ttl)
+    node_a.renew("node-a", ttl)
+    node_b.renew("node-b", ttl)
+    last_b_renewal = time.monotonic()
+    on_a = make_info(node="node-a")
+    on_b = make_info(node="node-b")
+    only_b = make_info(identity="bea", node="node-b")
+    for store, info in ((node_a, on_a), (node_b, on_b), (node_b, only_b)):
+        store.register(info)
+    assert len(reader.get_identity_sessions("acme", "alice")) == 2
+
+    def renew_a() -> None:
+        while True:
+            node_a.renew("node-a", ttl)
+            gevent.sleep(ttl / 5)
+
+    renewer = gevent.spawn(renew_a)
+    try:
+        wait_until(lambda: not reader.is_online("acme", "bea"), "node-b's lease to run out")
+        vanished_after = time.monotonic() - last_b_renewal
+        # the deadline is exact (Redis clock); the slack is for a busy machine
+        assert vanished_after < ttl + 2.0
+        assert reader.get_identity_sessions("acme", "bea") == []
+        for viewer in (reader, node_a, node_b):
+            assert without_expiry(viewer.get_identity_sessions("acme", "alice")) == [on_a]
+        # and node-a's session keeps being there while node-a renews
+        until = time.monotonic() + 3 * ttl
+        while time.monotonic() < until:
+            assert without_expiry(reader.get_identity_sessions("acme", "alice")) == [on_a]
+            assert reader.is_online("acme", "alice")
+            gevent.sleep(0.05)
+        assert not renewer.dead, "the renewer failed"
+    finally:
+        renewer.kill()
+
+
+def test_expired_node_is_purged_by_another_nodes_renew(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+) -> None:
+    """After a dead node's lease ran out, the next renew of any node deletes its keys."""
+    node_a, node_b = redis_presence(), redis_presence(0.5)
+    node_a.renew("node-a", 30)
+    node_b.renew("node-b", 0.5)
+    on_a = make_info(node="node-a")
+    on_b = make_info(node="node-b")
+    only_b = [make_info(identity="bea", tenant="t:1", node="node-b") for _ in range(3)]
+    node_a.register(on_a)
+    for info in [on_b, *only_b]:
+        node_b.register(info)
+    wait_until(lambda: not node_a.is_online("t:1", "bea"), "node-b's lease to run out")
+    # nobody renewed since: the entries are still stored, merely ignored
+    assert admin.exists(f"{ns}:node:node-b")
+    assert admin.hexists(f"{ns}:ident:acme:alice", on_b.session_id)
+
+    node_a.renew("node-a", 30)
+
+    assert not admin.exists(f"{ns}:node:node-b")
+    assert admin.zscore(f"{ns}:leases", "node-b") is None
+    assert admin.hkeys(f"{ns}:ident:acme:alice") == [on_a.session_id.encode()]
+    assert not admin.exists(f"{ns}:ident:t%3A1:bea")
+    # the live node is untouched
+    assert admin.smembers(f"{ns}:node:node-a") == {f"{on_a.session_id}:acme:alice".encode()}
+    assert admin.zscore(f"{ns}:leases", "node-a") is not None
+    assert without_expiry(node_a.get_identity_sessions("acme", "alice")) == [on_a]
+
+
+def _fill(store: RedisPresence, node: str, count: int, identities: int) -> list[SessionInfo]:
+    infos = [make_info(identity=f"user-{i % identities}", node=node) for i in range(count)]
+    for info in infos:
+        store.register(info)
+    return infos
+
+
+def test_concurrent_purges_neither_fail_nor_touch_live_nodes(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+) -> None:
+    """Several nodes purging one dead node at once: no error, the dead node is gone, live ones intact."""
+    node_a, node_c, node_b = redis_presence(), redis_presence(), redis_presence(0.5)
+    node_a.renew("node-a", 30)
+    node_c.renew("node-c", 30)
+    node_b.renew("node-b", 0.5)
+    live = _fill(node_a, "node-a", 100, 100) + _fill(node_c, "node-c", 100, 100)
+    _fill(node_b, "node-b", 1000, 100)
+    wait_until(
+        lambda: all(s.node_id != "node-b" for s in node_a.get_identity_sessions("acme", "user-0")),
+        "node-b's lease to run out",
+    )
+    assert admin.scard(f"{ns}:node:node-b") == 1000  # expired, not yet purged
+    for store in (node_a, node_c):
+        store.purge_chunk = 25  # many small chunks, so the purgers really interleave
+    jobs = [
+        gevent.spawn(node_a.renew, "node-a", 30),
+        gevent.spawn(node_c.renew, "node-c", 30),
+        gevent.spawn(node_a.purge_node, "node-b"),
+        gevent.spawn(node_c.purge_node, "node-b"),
+    ]
+    gevent.joinall(jobs, timeout=WAIT, raise_error=True)
+    assert all(job.successful() for job in jobs)
+
+    assert not admin.exists(f"{ns}:node:node-b")
+    assert admin.zscore(f"{ns}:leases", "node-b") is None
+    for i in range(100):
+        expected = sorted(info.session_id for info in live if info.identity_id == f"user-{i}")
+        assert sorted(f.decode() for f in admin.hkeys(f"{ns}:ident:acme:user-{i}")) == expected
+        assert sorted(s.session_id for s in node_c.get_identity_sessions("acme", f"user-{i}")) == expected
+    assert admin.scard(f"{ns}:node:node-a") == 100
+    assert admin.scard(f"{ns}:node:node-c") == 100
+
+
+def test_node_that_renews_during_its_purge_keeps_its_sessions(
+    redis_presence: Callable[..., RedisPresence], ns: str
+) -> None:
+    """A paused node that comes back while being purged ends up with all of its sessions listed."""
+    node_a, node_b = redis_presence(), redis_presence(0.5)
+    node_a.renew("node-a", 30)
+    node_b.renew("node-b", 0.5)
+    mine = _fill(node_b, "node-b", 300, 30)
+    wait_until(lambda: not node_a.is_online("acme", "user-0"), "node-b's lease to run out")
+    node_a.purge_chunk = 10
+    jobs = [gevent.spawn(node_a.purge_node, "node-b"), gevent.spawn(node_b.renew, "node-b", 30)]
+    gevent.joinall(jobs, timeout=WAIT, raise_error=True)
+    # whichever ran first, the comeback renew (or the next one) restores what the purge took
+    node_b.renew("node-b", 30)
+    listed = [s.session_id for i in range(30) for s in node_a.get_identity_sessions("acme", f"user-{i}")]
+    assert sorted(listed) == sorted(i.session_id for i in mine)
+
+
+def test_renew_rewrites_entries_redis_lost_and_drops_stale_ones(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+) -> None:
+    """Redis restarted empty, or an unregister failed: the node's next renew makes Redis match it."""
+    store = redis_presence()
+    store.renew("node-a", 30)
+    infos = [make_info(identity=f"user-{i}") for i in range(5)]
+    for info in infos:
+        store.register(info)
+    admin.delete(*admin.scan_iter(match=f"{ns}:*"))  # what a restart without persistence does
+    assert not store.is_online("acme", "user-0")
+    store.renew("node-a", 30)
+    for info in infos:
+        assert without_expiry(store.get_identity_sessions("acme", info.identity_id)) == [info]
+
+    ghost = make_info(identity="user-0")  # left behind by an unregister that failed
+    admin.hset(f"{ns}:ident:acme:user-0", ghost.session_id, f'["node-a","x","{ghost.connected_at.isoformat()}"]')
+    admin.sadd(f"{ns}:node:node-a", f"{ghost.session_id}:acme:user-0")
+    assert len(store.get_identity_sessions("acme", "user-0")) == 2
+    store.renew("node-a", 30)
+    assert without_expiry(store.get_identity_sessions("acme", "user-0")) == [infos[0]]
+    assert admin.scard(f"{ns}:node:node-a") == 5
+
+
+def test_close_retires_the_node_at_once(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+) -> None:
+    """close() does not leave the node's lease and leftovers to expire: they are gone immediately."""
+    store, reader = redis_presence(), redis_presence()
+    store.renew("node-z", 30)
+    infos = [make_info(node="node-z") for _ in range(3)]
+    for info in infos:
+        store.register(info)
+    store.unregister(infos[0].session_id)
+    store.close()
+    assert reader.get_identity_sessions("acme", "alice") == []
+    assert admin.zscore(f"{ns}:leases", "node-z") is None
+    assert not admin.exists(f"{ns}:node:node-z")
+    assert not admin.exists(f"{ns}:ident:acme:alice")
+
+
+def test_register_without_a_prior_renew_leases_the_node(redis_presence: Callable[..., RedisPresence]) -> None:
+    """A session of a node that never renewed is still visible (the store leases the node itself)."""
+    store = redis_presence(30)
+    info = make_info(node="node-new")
+    store.register(info)
+    assert without_expiry(store.get_identity_sessions("acme", "alice")) == [info]
+
+
+def test_a_client_passed_in_is_used_and_left_open(ns: str) -> None:
+    """A caller's client (even one decoding replies to str) works, and close() leaves its pool alone."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True, socket_timeout=2)
+    try:
+        store = RedisPresence(client, namespace=ns)
+        store.renew("node-a", 30)
+        info = make_info()
+        store.register(info)
+        assert without_expiry(store.get_identity_sessions("acme", "alice")) == [info]
+        assert store.is_online("acme", "alice")
+        store.unregister(info.session_id)
+        assert not store.is_online("acme", "alice")
+        store.close()
+        assert client.ping()
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------- RedisPresence: failures
+
+
+def _assert_unavailable(store: RedisPresence, where: str) -> None:
+    info = make_info()
+    calls: list[Callable[[], object]] = [
+        lambda: store.renew("node-a", 30),
+        lambda: store.register(info),
+        lambda: store.get_identity_sessions("acme", "alice"),
+        lambda: store.is_online("acme", "alice"),
+    ]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable) as caught:
+            call()
+        assert time.monotonic() - started < 10
+        assert where in str(caught.value)
+        assert str(caught.value).startswith("rtgevent:")
+    store.unregister(info.session_id)  # never registered: no-op, no I/O
+
+
+def test_unreachable_redis_raises_broker_unavailable_quickly() -> None:
+    """Nothing listens on port 1: every operation fails fast with a clear BrokerUnavailable."""
+    with gevent.Timeout(30, AssertionError("a call hung")):
+        store = RedisPresence("redis://127.0.0.1:1/0", socket_timeout=0.5, retries=2)
+        try:
+            _assert_unavailable(store, "127.0.0.1:1")
+        finally:
+            store.close()
+
+
+def test_silent_redis_raises_broker_unavailable_after_socket_timeout() -> None:
+    """A server that accepts but never answers: socket_timeout bounds each attempt, then BrokerUnavailable."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel completes handshakes; nobody ever reads or answers
+    port = silent.getsockname()[1]
+    try:
+        with gevent.Timeout(30, AssertionError("a call hung")):
+            store = RedisPresence(f"redis://127.0.0.1:{port}/0", socket_timeout=0.2, retries=1)
+            try:
+                _assert_unavailable(store, f"127.0.0.1:{port}")
+            finally:
+                store.close()
+    finally:
+        silent.close()
+
+
+# ---------------------------------------------------------------------------- RedisPresence: costs
+
+
+def _namespace_bytes(admin: redis.Redis, ns: str) -> int:
+    return sum(int(admin.memory_usage(key, samples=0) or 0) for key in admin.scan_iter(match=f"{ns}:*"))
+
+
+def test_memory_per_session(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MEMORY USAGE of every key for 1,000 sessions, divided by 1,000 (ARCHITECTURE.md: ~150 bytes)."""
+    results = {}
+    for identities in (1000, 250):
+        node_a, node_b = redis_presence(), redis_presence()
+        node_a.renew("node-a", 30)
+        node_b.renew("node-b", 30)
+        for i in range(1000):
+            # a realistic session: 32-hex id, an IPv4 peer, a node id like Realtime's
+            store, node = (node_a, "node-a") if i % 2 else (node_b, "node-b")
+            store.register(make_info(identity=f"user-{i % identities:06d}", node=node, remote_addr="198.51.100.23"))
+        results[identities] = _namespace_bytes(admin, ns) / 1000
+        node_a.close()
+        node_b.close()
+        assert not list(admin.scan_iter(match=f"{ns}:*"))
+    with capsys.disabled():
+        print(
+            f"\n[presence] Redis bytes per session: {results[1000]:.0f} (1,000 identities x 1 session), "
+            f"{results[250]:.0f} (250 identities x 4 sessions), 2 nodes"
+        )
+    assert results[1000] < 400
+    assert results[250] < 300
+
+
+def test_round_trips(ns: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """register, unregister, lookups and a steady-state renew are one round trip each."""
+    sent = [0]
+
+    class CountingConnection(redis.Connection):
+        """Counts writes to the socket: a pipeline or a script is one write, then its replies."""
+
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            sent[0] += 1
+            super().send_packed_command(command, check_health)
+
+    pool = redis.ConnectionPool.from_url(REDIS_URL, connection_class=CountingConnection, socket_timeout=2)
+    client = redis.Redis(connection_pool=pool)
+    store = RedisPresence(client, namespace=ns)
+
+    def trips(op: Callable[[], object]) -> int:
+        before = sent[0]
+        op()
+        return sent[0] - before
+
+    try:
+        client.ping()  # connect (handshake writes are not ours to count)
+        store.renew("node-a", 30)
+        store.get_identity_sessions("acme", "warm")  # first EVALSHA of each script may need a SCRIPT LOAD
+        store.is_online("acme", "warm")
+        info = make_info()
+        other = make_info(node="node-b")
+        store.renew("node-b", 30)
+        store.register(other)
+        counts = {
+            "register": trips(lambda: store.register(info)),
+            "get_identity_sessions": trips(lambda: store.get_identity_sessions("acme", "alice")),
+            "is_online": trips(lambda: store.is_online("acme", "alice")),
+            "lookup of an unknown identity": trips(lambda: store.get_identity_sessions("acme", "nobody")),
+            "renew": trips(lambda: store.renew("node-a", 30)),
+            "unregister": trips(lambda: store.unregister(info.session_id)),
+            "unregister unknown": trips(lambda: store.unregister("no-such-session")),
+        }
+        assert len(store.get_identity_sessions("acme", "alice")) == 1
+        with capsys.disabled():
+            print(f"\n[presence] round trips: {counts}")
+        assert counts == {
+            "register": 1,
+            "get_identity_sessions": 1,
+            "is_online": 1,
+            "lookup of an unknown identity": 1,
+            "renew": 1,
+            "unregister": 1,
+            "unregister unknown": 0,
+        }
+    finally:
+        store.close()
+        client.close()
+
+
+# ---------------------------------------------------------------------------- construction
+
+
+def test_presence_from_url(ns: str) -> None:
+    """The URL scheme picks the store; options that only Redis uses are accepted for memory too."""
+    assert isinstance(presence_from_url("memory://"), MemoryPresence)
+    assert isinstance(presence_from_url("memory://", ttl=10), MemoryPresence)
+    store = presence_from_url(REDIS_URL, ttl=10, namespace=ns, socket_timeout=1, retries=0)
+    try:
+        assert isinstance(store, RedisPresence)
+        store.renew("node-a", 10)
+        assert not store.is_online("acme", "alice")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:secret@host/", "", "redis", "kombu+redis://x", "http://x"])
+def test_presence_from_url_rejects_other_schemes(url: str) -> None:
+    with pytest.raises(InvalidOption) as caught:
+        presence_from_url(url)
+    assert "secret" not in str(caught.value)
+
+
+def test_presence_from_url_rejects_unknown_options() -> None:
+    with pytest.raises(InvalidOption):
+        presence_from_url("memory://", tll=3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"ttl": 0}, "ttl"), ({"socket_timeout": -1}, "socket_timeout"), ({"retries": -1}, "retries"),
+     ({"namespace": ""}, "namespace")],
+)  # fmt: skip
+def test_redis_presence_validates_its_options(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidOption) as caught:
+        RedisPresence(REDIS_URL, **kwargs)
+    assert caught.value.field == field
+
+
+def test_importing_rtgevent_does_not_import_redis() -> None:
+    """redis is needed only by clustered nodes: ``import rtgevent`` must not pay for it."""
+    code = "import sys, rtgevent, rtgevent.presence; assert 'redis' not in sys.modules, 'redis imported'"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
