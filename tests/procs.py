@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -47,7 +48,7 @@ class ServeProcess:
         return f"ws://{self.host}:{self.port}"
 
     def control(self, action: str, **query: Any) -> Any:
-        qs = "&".join(f"{k}={v}" for k, v in query.items())
+        qs = urllib.parse.urlencode(query)
         url = f"http://{self.host}:{self.port}/_control/{action}?{qs}"
         with urllib.request.urlopen(url, timeout=WAIT) as resp:
             return json.loads(resp.read())
