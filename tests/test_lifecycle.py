@@ -193,3 +193,18 @@ def test_thousand_connect_disconnect_cycles_leave_nothing(serve_local) -> None:
     assert rt.sessions() == []
     assert rt._hub._by_identity == {}
     assert rt.stats()["connections_total"] == 1001
+
+
+def test_write_timeout_drops_a_stalled_client(serve_local) -> None:
+    """A write that cannot finish within write_timeout drops the connection, reported as an error."""
+    server = serve_local(send_queue_size=10000, write_timeout=0.5)
+    slow, slow_id = slow_client(server)
+    for _ in range(400):
+        server.control("send", session=slow_id, count=20, size=65536)
+        if server.control("disconnects"):
+            break
+    [info] = server.disconnects()
+    assert (info["session"], info["initiator"], info["reason"], info["expected"]) == (
+        slow_id, "error", "write timeout", False
+    )
+    slow.close()

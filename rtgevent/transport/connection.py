@@ -329,7 +329,8 @@ class Connection:
         if self.failure is None and exc is not None:
             self.failure = exc
         if self._closing is None:
-            self._closing = Closing(Initiator.ERROR, 1006, "connection failed", flush=False, error=exc, abort=True)
+            reason = "write timeout" if isinstance(exc, _WriteTimeout) else "connection failed"
+            self._closing = Closing(Initiator.ERROR, 1006, reason, flush=False, error=exc, abort=True)
         self._outbox.clear()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -498,7 +499,4 @@ class Connection:
             return Initiator.CLIENT, rcvd.code, rcvd.reason, None
         if closing is not None:
             return closing.initiator, closing.code, closing.reason, closing.error or self.failure
-        failure = self.failure
-        if isinstance(failure, (_WriteTimeout, Timeout)):
-            return Initiator.ERROR, 1006, "write timeout", failure
-        return Initiator.CLIENT, 1006, "connection dropped", failure
+        return Initiator.CLIENT, 1006, "connection dropped", self.failure
