@@ -30,9 +30,6 @@ from .delivery import (
     kick_local,
     node_topic,
 )
-
-if TYPE_CHECKING:
-    from .events import KombuEvents
 from .errors import (
     AlreadyStarted,
     BadMessage,
@@ -58,6 +55,9 @@ from .transport.connection import Connection
 from .transport.frames import Closing, Outcome, close_frame
 from .transport.handshake import Accept, Refusal, check_upgrade, origin_allowed, refusal
 from .types import DisconnectInfo, Identity, Initiator, SessionInfo
+
+if TYPE_CHECKING:
+    from .events import KombuEvents
 
 __all__ = ["Realtime", "Stats"]
 
