@@ -33,6 +33,7 @@ setup(
             "mypy>=1.10",
             "ruff>=0.5",
             "flask-socketio>=5.3",
+            "playwright>=1.40",
             "prometheus-client>=0.20",
         ],
     },

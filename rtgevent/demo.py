@@ -1,63 +1,224 @@
-"""The ``rtgevent demo`` application: an echo page, no Redis or RabbitMQ needed."""
+"""The ``rtgevent demo`` application: a chat with a cookie login, presence and direct messages.
+
+Lives in the package (not only in ``examples/chat``) so that an installed rtgevent can
+run it: ``rtgevent demo`` serves `make_demo_app` on http://127.0.0.1:8000 with the
+embedded defaults (in-process broker and presence: no Redis, no RabbitMQ).
+``examples/chat/app.py`` is a thin script around the same code.
+
+What it shows, in the order a reader meets it:
+
+* a Flask app with a login form (a name, no password) that stores the name in Flask's
+  signed session cookie;
+* `SessionAuthenticator`: the WebSocket upgrade is authenticated from that cookie through
+  ``flask.session``, which works because the dispatcher of `rtgevent.flask` runs the
+  `Realtime` inside the Flask request context.  Cookies ride along on a cross-site
+  WebSocket too, which is why the default same-origin check on ``Origin`` matters here;
+* handlers: ``chat.send`` (broadcast), ``chat.direct`` (`Realtime.send_to_identity`),
+  ``chat.who`` (a request answered with a reply), and errors as ``rt.error`` with
+  application codes;
+* ``on_connect`` / ``on_disconnect`` keeping everyone's "who is online" list current;
+* ``demo.html`` using ``rtgevent.js`` (served by the blueprint at ``/ws/rtgevent.js``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import collections
+import datetime
+import logging
+import os
+from pathlib import Path
 from typing import Any
 
+import flask
+from flask import Flask, redirect, request, send_from_directory, url_for
+from markupsafe import escape
+from werkzeug.wrappers import Request, Response
+
 from .config import Config
+from .errors import BadMessage, RealtimeError, SessionClosed, Unauthorized, UnknownRoute
+from .flask import init_app
 from .message import Message
 from .realtime import Realtime
 from .session import Session
+from .types import DisconnectInfo, Identity
 
-__all__ = ["make_demo_app"]
+__all__ = ["ChatError", "SessionAuthenticator", "make_demo_app"]
 
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>rtgevent demo</title>
-<style>body{font:15px system-ui;margin:2em;max-width:40em}#log{border:1px solid #ccc;
-min-height:12em;padding:.5em;white-space:pre-wrap}</style></head>
-<body><h1>rtgevent echo</h1>
-<p id="state">connecting…</p>
-<form id="f"><input id="text" autofocus placeholder="say something"> <button>send</button></form>
-<div id="log"></div>
-<script>
-const log = (line) => { document.getElementById("log").textContent += line + "\\n"; };
-const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
-let next = 1;
-ws.onopen = () => { document.getElementById("state").textContent = "connected"; };
-ws.onclose = (e) => { document.getElementById("state").textContent = "closed (" + e.code + ")"; };
-ws.onmessage = (e) => { const m = JSON.parse(e.data); log(m.route + ": " + JSON.stringify(m.data)); };
-document.getElementById("f").onsubmit = (e) => {
-  e.preventDefault();
-  const input = document.getElementById("text");
-  ws.send(JSON.stringify({id: next++, route: "echo", data: input.value}));
-  input.value = "";
-};
-</script></body></html>
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_NAME = 32
+MAX_TEXT = 2000
+HISTORY = 50
+
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>rtgevent chat: log in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font:16px system-ui,sans-serif;margin:3em auto;max-width:24em}}
+input,button{{font:inherit;padding:.4em}} .error{{color:#b00}}</style></head>
+<body><h1>rtgevent chat</h1>
+<p>Pick a name to join. No password: this is a demo.</p>
+{error}
+<form method="post" action="{action}">
+<input id="name" name="name" maxlength="{max_name}" autofocus required placeholder="your name">
+<button id="login" type="submit">Join</button>
+</form></body></html>
 """
 
 
-def make_demo_app() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
-    rt = Realtime(Config())
+class ChatError(RealtimeError):
+    """A request the chat refuses; the client's ``rt.error`` carries ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.wire_code = code
+        super().__init__(message)
+
+
+class SessionAuthenticator:
+    """The identity is the name stored in Flask's session cookie by the login form.
+
+    Reads ``flask.session``, not the cookie header: Flask verifies the signature, and
+    any session backend the application configures works the same way.
+    """
+
+    def __init__(self, key: str = "name") -> None:
+        self.key = key
+
+    def authenticate(self, request: Request) -> Identity:
+        name = flask.session.get(self.key)
+        if not isinstance(name, str) or not name:
+            raise Unauthorized("not logged in")
+        return Identity(name)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _text(data: Any) -> str:
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise ChatError("invalid", "a message needs a non-empty text")
+    if len(text) > MAX_TEXT:
+        raise ChatError("invalid", f"a message has at most {MAX_TEXT} characters")
+    return text
+
+
+def _clean_name(raw: str) -> str:
+    name = " ".join(raw.split())
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise ValueError(f"a name has 1 to {MAX_NAME} printable characters")
+    return name
+
+
+def make_chat(config: Config | None = None) -> Realtime:
+    """The chat's `Realtime`: handlers and hooks, no HTTP (usable without Flask in tests)."""
+    rt = Realtime(config or Config(), authenticator=SessionAuthenticator())
+    history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
+    log = logging.getLogger("rtgevent.demo")
+
+    def online() -> list[str]:
+        # the local hub: the demo runs on one node (rt.is_online answers across nodes)
+        return sorted({s.identity.id for s in rt.sessions()})
 
     @rt.on_connect
-    def welcome(session: Session) -> None:
-        session.send("welcome", {"session": session.id})
+    def joined(session: Session) -> None:
+        session.send("chat.welcome", {"you": session.identity.id, "history": list(history)})
+        rt.broadcast("chat.online", {"online": online()})
 
-    @rt.route("echo")
-    def echo(session: Session, msg: Message) -> Any:
-        return msg.data
+    @rt.on_disconnect
+    def left(session: Session, info: DisconnectInfo) -> None:
+        if not rt.closed:
+            rt.broadcast("chat.online", {"online": online()})
 
-    page = PAGE.encode()
+    @rt.on_error
+    def report(error: BaseException, session: Session | None) -> None:
+        who = session.identity.id if session is not None else "-"
+        if isinstance(error, (ChatError, Unauthorized, BadMessage, UnknownRoute)):
+            log.info("%s: %s", who, error)
+        else:
+            log.error("%s: %r", who, error, exc_info=(type(error), error, error.__traceback__))
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if path == "/ws":
-            return rt(environ, start_response)
-        if path == "/":
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))])
-            return [page]
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found\n"]
+    @rt.route("chat.send")
+    def send(session: Session, msg: Message) -> Any:
+        entry = {"from": session.identity.id, "text": _text(msg.data), "at": _now()}
+        history.append(entry)
+        rt.broadcast("chat.message", entry)
+        return {"ok": True}
+
+    @rt.route("chat.direct")
+    def direct(session: Session, msg: Message) -> Any:
+        to = msg.data.get("to") if isinstance(msg.data, dict) else None
+        if not isinstance(to, str) or not to:
+            raise ChatError("invalid", "a direct message needs 'to'")
+        entry = {"from": session.identity.id, "to": to, "text": _text(msg.data), "at": _now()}
+        try:
+            rt.send_to_identity("", to, "chat.direct", entry)
+        except SessionClosed:
+            raise ChatError("not_online", f"{to} is not online") from None
+        if to != session.identity.id:
+            # every tab of the sender shows the conversation too, this one included
+            rt.send_to_identity("", session.identity.id, "chat.direct", entry)
+        return {"ok": True}
+
+    @rt.route("chat.who")
+    def who(session: Session, msg: Message) -> Any:
+        return {"online": online()}
+
+    return rt
+
+
+def make_demo_app(config: Config | None = None, *, secret_key: str | bytes | None = None) -> Flask:
+    """The chat as a Flask app: ``/`` (page), ``/login``, ``/logout``, ``/me``, ``/ws``, ``/ws/rtgevent.js``.
+
+    ``secret_key`` signs the session cookie; by default ``RTGEVENT_DEMO_SECRET`` or a
+    random key (logins then last as long as the process).
+    """
+    app = Flask("rtgevent.demo")
+    app.config.update(
+        SECRET_KEY=secret_key or os.environ.get("RTGEVENT_DEMO_SECRET") or os.urandom(24),
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
+    )
+    rt = make_chat(config)
+    init_app(rt, app, "/ws")
+
+    @app.get("/")
+    def index() -> Response:
+        if not flask.session.get("name"):
+            return redirect(url_for("login"))
+        response = send_from_directory(STATIC_DIR, "demo.html", mimetype="text/html")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.get("/me")
+    def me() -> Any:
+        name = flask.session.get("name")
+        if not name:
+            return {"error": "not logged in"}, 401
+        return {"name": name}
+
+    def login_page(error: str = "", status: int = 200) -> Response:
+        body = LOGIN_PAGE.format(
+            error=f'<p class="error">{escape(error)}</p>' if error else "",
+            action=url_for("login"),
+            max_name=MAX_NAME,
+        )
+        return Response(body, status, mimetype="text/html")
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login() -> Response:
+        if request.method == "GET":
+            return login_page()
+        try:
+            name = _clean_name(request.form.get("name", ""))
+        except ValueError as exc:
+            return login_page(str(exc), 400)
+        flask.session.clear()
+        flask.session["name"] = name
+        return redirect(url_for("index"))
+
+    @app.post("/logout")
+    def logout() -> Response:
+        flask.session.clear()
+        return redirect(url_for("login"))
 
     return app

@@ -57,6 +57,8 @@ from .transport.handshake import Accept, Refusal, check_upgrade, origin_allowed,
 from .types import DisconnectInfo, Identity, Initiator, SessionInfo
 
 if TYPE_CHECKING:
+    from flask import Blueprint, Flask
+
     from .events import KombuEvents
 
 __all__ = ["Realtime", "Stats"]
@@ -683,6 +685,18 @@ class Realtime:
         """
         if not self._started and not self._closing:
             self.start()
+
+    def blueprint(self, name: str = "rtgevent", url_prefix: str | None = "/ws") -> Blueprint:
+        """A Flask blueprint: the WebSocket at ``url_prefix``, the JS client at ``<url_prefix>/rtgevent.js``."""
+        from .flask import blueprint
+
+        return blueprint(self, name=name, url_prefix=url_prefix)
+
+    def init_app(self, app: Flask, path: str = "/ws") -> Any:
+        """Mount on a Flask app, extension style; the state goes in ``app.extensions["rtgevent"]``."""
+        from .flask import init_app
+
+        return init_app(self, app, path)
 
     def test_client(self, identity: Identity | None = None) -> Any:
         """A client that drives handlers without a socket (see `rtgevent.testing`)."""
