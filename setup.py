@@ -16,6 +16,7 @@ setup(
         "werkzeug>=3.0",
         "gevent-websocket>=0.10.1",
         "websockets>=14.0",
+        "orjson>=3.9",
     ],
     extras_require={
         "kombu": ["kombu[redis]>=5.4"],

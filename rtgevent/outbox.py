@@ -34,18 +34,22 @@ class Outbox(Generic[T]):
     __slots__ = ("_items", "limit", "policy")
 
     def __init__(self, limit: int, policy: Backpressure) -> None:
-        self._items: deque[T] = deque()
+        # A deque allocates a 64-slot block up front (about 760 bytes): an idle session
+        # never needs it, so it is made on the first push.
+        self._items: deque[T] | None = None
         self.limit = limit
         self.policy = policy
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items else 0
 
     def full(self) -> bool:
-        return len(self._items) >= self.limit
+        return len(self) >= self.limit
 
     def push(self, item: T) -> Verdict:
         items = self._items
+        if items is None:
+            items = self._items = deque()
         if len(items) < self.limit:
             items.append(item)
             return Verdict.QUEUED
@@ -59,12 +63,14 @@ class Outbox(Generic[T]):
 
     def force(self, item: T) -> None:
         """Queue past the limit (used only when the caller has waited for room already)."""
+        if self._items is None:
+            self._items = deque()
         self._items.append(item)
 
     def pop(self) -> T | None:
         return self._items.popleft() if self._items else None
 
     def clear(self) -> int:
-        dropped = len(self._items)
-        self._items.clear()
+        dropped = len(self)
+        self._items = None
         return dropped

@@ -94,6 +94,7 @@ def test_json_encodes_lone_surrogates_escaped() -> None:
         '{"route": "r", "data": NaN}',
         '{"route": "r", "data": [Infinity]}',
         '{"route": "r", "data": {"x": -Infinity}}',
+        '{"route": "r", "data": [1e400]}',
         "[" * 100_000,
         '{"route": "r", "id": ' + "9" * 5000 + "}",
         b'{"route": "r"}',

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +85,7 @@ class Connection:
         "_close_timer",
         "_closing",
         "_done",
+        "_fast_send",
         "_fragments",
         "_fragments_text",
         "_hb_timer",
@@ -121,6 +123,8 @@ class Connection:
         stats: Any,
     ) -> None:
         self._sock = sock
+        # gevent's TLS socket ignores a per-call timeout of 0 and would wait: plain sockets only
+        self._fast_send = not isinstance(sock, ssl.SSLSocket)
         protocol = Protocol(Side.SERVER, state=OPEN, max_size=read_limit, logger=_protocol_logger)
         protocol.extensions = list(extensions)
         self._protocol = protocol
@@ -309,7 +313,7 @@ class Connection:
             timer.start(self._close_timed_out)
             self._close_timer = timer
 
-    def _write(self, chunk: bytes) -> None:
+    def _write(self, chunk: bytes | memoryview) -> None:
         if chunk is SEND_EOF or not chunk:
             # The protocol is done sending: a server closes TCP first (RFC 6455 section 7.1.1).
             try:
@@ -318,11 +322,22 @@ class Connection:
                 pass
             self._start_close_timer()
             return
+        sock = self._sock
+        if self._fast_send:
+            # Most writes fit in the kernel's buffer: one non-blocking send, no timer.
+            # Only a partial write pays for the timeout and gevent's waiting sendall.
+            try:
+                sent = sock.send(chunk, 0, 0.0)  # type: ignore[call-arg]  # gevent: a per-call timeout
+            except BlockingIOError:
+                sent = 0
+            if sent == len(chunk):
+                return
+            chunk = memoryview(chunk)[sent:]
         if self._write_timeout is None:
-            self._sock.sendall(chunk)
+            sock.sendall(chunk)
             return
         with Timeout(self._write_timeout, _WriteTimeout):
-            self._sock.sendall(chunk)
+            sock.sendall(chunk)
 
     def _abort(self, exc: BaseException | None) -> None:
         """The stream is unusable: stop both directions now, waking the reader."""
