@@ -1,0 +1,617 @@
+"""``python -m bench [idle] [echo] [--quick] [--runs N] [--json PATH]``: run and print the table.
+
+For every measurement a fresh server process (``taskset -c 0``) and a fresh load generator
+(``taskset -c 1``) are started, driven phase by phase over the load generator's stdin and
+stdout, and both are stopped by PID in a ``finally`` block.  Within one run the servers under
+test are measured back to back (rtgevent, then Flask-SocketIO) so they share the same
+conditions; each figure in the table is the median over ``--runs`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.proc import cpu_seconds, raise_nofile, rss_kib, system_cpu
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("idle", "echo")
+SERVER_CPU = "0"
+LOADGEN_CPU = "1"
+LABELS = {"rtgevent-bare": "rtgevent bare", "rtgevent-full": "rtgevent full", "socketio": "Flask-SocketIO"}
+KIB = 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and counts of one invocation (``--quick`` or full)."""
+
+    idle_sizes: tuple[int, ...]
+    echo_sizes: tuple[int, ...]
+    #: measured messages per run, by payload size and server kind (bounded by ``echo_time_limit`` too)
+    echo_messages: dict[int, dict[str, int]]
+    echo_time_limit: float
+    echo_clients: int = 50
+    idle_concurrency: int = 100
+
+
+FULL = Plan(
+    idle_sizes=(2000, 10000),
+    echo_sizes=(100, 16 * KIB),
+    echo_messages={
+        100: {"rtgevent-bare": 60000, "rtgevent-full": 60000, "socketio": 20000},
+        16 * KIB: {"rtgevent-bare": 30000, "rtgevent-full": 20000, "socketio": 2000},
+    },
+    echo_time_limit=60.0,
+)
+QUICK = Plan(
+    idle_sizes=(2000,),
+    echo_sizes=(100, 16 * KIB),
+    echo_messages={
+        100: {"rtgevent-bare": 10000, "rtgevent-full": 10000, "socketio": 5000},
+        16 * KIB: {"rtgevent-bare": 3000, "rtgevent-full": 3000, "socketio": 600},
+    },
+    echo_time_limit=20.0,
+)
+
+
+class BenchError(Exception):
+    """A measurement could not be completed (a process died, a phase timed out)."""
+
+
+# ---------------------------------------------------------------------- processes
+
+
+class LineReader:
+    """Lines from a child's stdout, with a timeout, without Python's buffering in the way."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], name: str) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.fd = proc.stdout.fileno()
+        self.name = name
+        self.buf = b""
+
+    def line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"{self.name}: no output within {timeout:.0f} s")
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                raise BenchError(f"{self.name}: exited (status {self.proc.wait(5)}) before answering")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
+
+    def event(self, name: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.line(max(0.0, deadline - time.monotonic()))
+            try:
+                value = json.loads(text)
+            except ValueError:
+                continue  # not ours
+            if isinstance(value, dict) and value.get("event") == name:
+                return value
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop one process we started, by its PID: SIGTERM, then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Measurement:
+    """One server process and one load generator process, stopped on exit."""
+
+    def __init__(self, kind: str, loadgen_args: Sequence[str]) -> None:
+        self.kind = kind
+        self.loadgen_args = list(loadgen_args)
+        self.server: subprocess.Popen[bytes] | None = None
+        self.loadgen: subprocess.Popen[bytes] | None = None
+        self.server_log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in __exit__)
+        self.port = 0
+        self._marks: list[tuple[float, float, float, float]] = []
+
+    def __enter__(self) -> Measurement:
+        try:
+            self.server = subprocess.Popen(
+                ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "bench.servers", self.kind, "--port", "0"],
+                stdout=subprocess.PIPE,
+                stderr=self.server_log,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=_env(),
+            )
+            ready = LineReader(self.server, f"server {self.kind}").line(60)
+            if not ready.startswith("READY "):
+                raise BenchError(f"server {self.kind}: unexpected first line {ready!r}")
+            self.port = int(ready.split()[1])
+            self.loadgen = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    LOADGEN_CPU,
+                    sys.executable,
+                    "-m",
+                    "bench.loadgen",
+                    self.kind,
+                    "--port",
+                    str(self.port),
+                    *self.loadgen_args,
+                ],
+                stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                cwd=ROOT,
+                env=_env(),
+            )
+            self.events = LineReader(self.loadgen, f"load generator ({self.kind})")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            _stop(self.loadgen)
+        finally:
+            try:
+                _stop(self.server)
+            finally:
+                self.server_log.close()
+
+    def tell(self, word: str) -> None:
+        assert self.loadgen is not None and self.loadgen.stdin is not None
+        self.loadgen.stdin.write(word.encode() + b"\n")
+        self.loadgen.stdin.flush()
+
+    def sample(self) -> tuple[float, int, float]:
+        """(server CPU seconds, server RSS KiB, load generator CPU seconds); marks the machine's load."""
+        assert self.server is not None and self.loadgen is not None
+        server, rss, loadgen = cpu_seconds(self.server.pid), rss_kib(self.server.pid), cpu_seconds(self.loadgen.pid)
+        self._marks.append((time.monotonic(), *system_cpu(), server + loadgen))
+        return server, rss, loadgen
+
+    def foreign_load(self) -> dict[str, float]:
+        """Between the first and last `sample`: CPUs used by other processes, and stolen by the hypervisor."""
+        if len(self._marks) < 2:
+            return {"other_cpus": float("nan"), "steal_cpus": float("nan")}
+        (t0, busy0, steal0, ours0), (t1, busy1, steal1, ours1) = self._marks[0], self._marks[-1]
+        wall = max(t1 - t0, 1e-9)
+        return {
+            "other_cpus": max(0.0, (busy1 - busy0) - (ours1 - ours0)) / wall,
+            "steal_cpus": (steal1 - steal0) / wall,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_bench/stats", timeout=10) as response:
+            value: dict[str, Any] = json.load(response)
+            return value
+
+    def log_lines(self) -> list[str]:
+        """What the server wrote on stderr (tracebacks, warnings): empty when all went well."""
+        self.server_log.seek(0)
+        text = self.server_log.read().decode(errors="replace")
+        return [line for line in text.splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------- scenarios
+
+
+def wait_connections(m: Measurement, want: int, timeout: float) -> int:
+    """Poll the server until it counts ``want`` connections (or the timeout); the last count."""
+    deadline = time.monotonic() + timeout
+    count = -1
+    while time.monotonic() < deadline:
+        count = int(m.stats().get("connections", -1))
+        if count >= want:
+            break
+        time.sleep(0.25)
+    return count
+
+
+def measure_idle(kind: str, conns: int, plan: Plan) -> dict[str, Any]:
+    args = ["idle", "--conns", str(conns), "--concurrency", str(plan.idle_concurrency)]
+    with Measurement(kind, args) as m:
+        m.events.event("ready", 120)
+        cpu0, rss0, gen0 = m.sample()
+        m.tell("go")
+        connected = m.events.event("connected", 300)
+        time.sleep(1.0)  # let the server finish what the last handshakes started
+        cpu1, rss1, gen1 = m.sample()
+        server_count = wait_connections(m, connected["connected"], 10)
+        m.tell("close")
+        closed = m.events.event("closed", 120)
+        log = m.log_lines()
+        load = m.foreign_load()
+    n = max(1, connected["connected"])
+    return {
+        "kind": kind,
+        "conns": conns,
+        "connected": connected["connected"],
+        "failed": connected["failed"],
+        "errors": connected["errors"],
+        "server_connections": server_count,
+        "dropped": closed["dropped"],
+        "drop_reasons": closed["drop_reasons"],
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "mem_kib_per_conn": (rss1 - rss0) / n,
+        "rate": connected["rate"],
+        "connect_seconds": connected["elapsed"],
+        "server_cpu_us_per_conn": (cpu1 - cpu0) / n * 1e6,
+        "loadgen_cpu_us_per_conn": (gen1 - gen0) / n * 1e6,
+        "server_log": log[:20],
+        **load,
+    }
+
+
+def measure_echo(kind: str, size: int, plan: Plan) -> dict[str, Any]:
+    messages = plan.echo_messages[size][kind]
+    args = [
+        "echo",
+        "--clients",
+        str(plan.echo_clients),
+        "--size",
+        str(size),
+        "--messages",
+        str(messages),
+        "--time-limit",
+        str(plan.echo_time_limit),
+    ]
+    with Measurement(kind, args) as m:
+        ready = m.events.event("ready", 120)
+        before = m.stats()
+        cpu0, _, gen0 = m.sample()
+        m.tell("go")
+        done = m.events.event("done", plan.echo_time_limit + 120)
+        cpu1, rss1, gen1 = m.sample()
+        after = m.stats()
+        m.tell("close")
+        m.events.event("closed", 60)
+        log = m.log_lines()
+        load = m.foreign_load()
+    n = max(1, done["messages"])
+    result = {
+        "kind": kind,
+        "size": size,
+        "messages_planned": messages,
+        "messages": done["messages"],
+        "sent": done["sent"],
+        "elapsed": done["elapsed"],
+        "rate": done["rate"],
+        "p50_ms": done["p50_ms"],
+        "p99_ms": done["p99_ms"],
+        "max_ms": done["max_ms"],
+        "errors": done["errors"],
+        "mismatches": done["mismatches"],
+        "warmup_errors": ready.get("warmup_errors", {}),
+        "server_cpu_us_per_msg": (cpu1 - cpu0) / n * 1e6,
+        "loadgen_cpu_us_per_msg": (gen1 - gen0) / n * 1e6,
+        "server_rss_kib": rss1,
+        "server_log": log[:20],
+        **load,
+    }
+    if "messages_in" in before:  # rtgevent counts what it received and sent
+        result["server_messages_in"] = after["messages_in"] - before["messages_in"]
+        result["server_messages_out"] = after["messages_out"] - before["messages_out"]
+    return result
+
+
+# ---------------------------------------------------------------------- report
+
+
+def median(values: Sequence[float]) -> float:
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return statistics.median(finite) if finite else float("nan")
+
+
+def fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def ratio(a: float, b: float) -> str:
+    if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def size_label(size: int) -> str:
+    return f"{size // KIB} KiB" if size % KIB == 0 else f"{size} B"
+
+
+IDLE_FIGURES = (
+    ("mem_kib_per_conn", "server memory per connection (KiB)"),
+    ("rate", "connect rate (connections/s)"),
+    ("server_cpu_us_per_conn", "server CPU per connection (µs)"),
+    ("loadgen_cpu_us_per_conn", "load generator CPU per connection (µs)"),
+)
+ECHO_FIGURES = (
+    ("rate", "messages/s"),
+    ("p50_ms", "latency p50 (ms)"),
+    ("p99_ms", "latency p99 (ms)"),
+    ("server_cpu_us_per_msg", "server CPU per message (µs)"),
+    ("loadgen_cpu_us_per_msg", "load generator CPU per message (µs)"),
+)
+
+
+def idle_table(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[str]:
+    lines = [
+        "| connections | figure | rtgevent | Flask-SocketIO | rtgevent / Flask-SocketIO |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
+    for conns in sizes:
+        for key, label in IDLE_FIGURES:
+            rt = median([r[key] for r in results if r["conns"] == conns and r["kind"] == "rtgevent-full"])
+            sio = median([r[key] for r in results if r["conns"] == conns and r["kind"] == "socketio"])
+            lines.append(f"| {conns:,} | {label} | {fmt(rt)} | {fmt(sio)} | {ratio(rt, sio)} |")
+    return lines
+
+
+def echo_table(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[str]:
+    lines = [
+        "| payload | figure | rtgevent bare | rtgevent full | Flask-SocketIO "
+        "| bare / Flask-SocketIO | full / Flask-SocketIO | full / bare |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size in sizes:
+        for key, label in ECHO_FIGURES:
+            values = {
+                kind: median([r[key] for r in results if r["size"] == size and r["kind"] == kind]) for kind in LABELS
+            }
+            bare, full, sio = values["rtgevent-bare"], values["rtgevent-full"], values["socketio"]
+            lines.append(
+                f"| {size_label(size)} | {label} | {fmt(bare)} | {fmt(full)} | {fmt(sio)} "
+                f"| {ratio(bare, sio)} | {ratio(full, sio)} | {ratio(full, bare)} |"
+            )
+    return lines
+
+
+def targets(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[str]:
+    """The full / bare target of server CPU per message (<= 1.2x), per payload size."""
+    lines = []
+    for size in sizes:
+        cpu = {
+            kind: median([r["server_cpu_us_per_msg"] for r in results if r["size"] == size and r["kind"] == kind])
+            for kind in ("rtgevent-bare", "rtgevent-full")
+        }
+        bare, full = cpu["rtgevent-bare"], cpu["rtgevent-full"]
+        if not (math.isfinite(bare) and math.isfinite(full)) or bare <= 0:
+            continue
+        verdict = "met" if full / bare <= 1.2 else "MISSED"
+        lines.append(
+            f"Target full / bare <= 1.2x server CPU, {size_label(size)}: {full / bare:.2f}x "
+            f"({fmt(full)} vs {fmt(bare)} µs per message): {verdict}"
+        )
+    return lines
+
+
+def anomalies(idle: list[dict[str, Any]], echo: list[dict[str, Any]]) -> list[str]:
+    """Everything that makes a figure suspect, one line each."""
+    notes: list[str] = []
+    for r in idle:
+        where = f"idle {r['conns']:,} {LABELS.get(r['kind'], r['kind'])}"
+        if r["failed"] or r["connected"] != r["conns"]:
+            notes.append(f"{where}: {r['connected']}/{r['conns']} connected, errors {r['errors']}")
+        if r["server_connections"] != r["connected"]:
+            notes.append(f"{where}: server counted {r['server_connections']} connections, client {r['connected']}")
+        if r["dropped"]:
+            notes.append(f"{where}: {r['dropped']} connections dropped while held: {r['drop_reasons']}")
+        if r["loadgen_cpu_us_per_conn"] >= r["server_cpu_us_per_conn"]:
+            notes.append(f"{where}: the load generator used as much CPU as the server")
+    for r in echo:
+        where = f"echo {size_label(r['size'])} {LABELS.get(r['kind'], r['kind'])}"
+        if r["messages"] < r["messages_planned"]:
+            notes.append(f"{where}: {r['messages']}/{r['messages_planned']} messages within the time limit")
+        if r["errors"] or r["warmup_errors"]:
+            notes.append(f"{where}: client errors {r['errors'] or r['warmup_errors']}")
+        if r["mismatches"]:
+            notes.append(f"{where}: {r['mismatches']} answers did not match their request")
+        if "server_messages_in" in r and not (r["server_messages_in"] == r["server_messages_out"] == r["sent"]):
+            notes.append(
+                f"{where}: server counted {r['server_messages_in']} in / {r['server_messages_out']} out, "
+                f"client sent {r['sent']}"
+            )
+        if r["loadgen_cpu_us_per_msg"] >= r["server_cpu_us_per_msg"]:
+            notes.append(f"{where}: the load generator used as much CPU as the server")
+    for r in [*idle, *echo]:
+        if r["server_log"]:
+            notes.append(f"{r['kind']} server stderr: " + " | ".join(r["server_log"][:5]))
+    return notes
+
+
+def source_state() -> str:
+    """Which rtgevent source is measured: the commit, and whether rtgevent/ differs from it."""
+    if not (ROOT / ".git").exists():
+        return f"rtgevent from {ROOT} (not a git checkout)"
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "rtgevent"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "rtgevent at an unknown commit"
+    return f"rtgevent at commit {head or '?'}" + (" with uncommitted changes under rtgevent/" if dirty else "")
+
+
+def conditions(runs: int, quick: bool, source: str) -> list[str]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    except OSError:
+        pass
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    versions = ", ".join(
+        f"{name} {version(name)}"
+        for name in (
+            "rtgevent",
+            "gevent",
+            "greenlet",
+            "gevent-websocket",
+            "websockets",
+            "Flask-SocketIO",
+            "python-socketio",
+            "python-engineio",
+            "Flask",
+        )
+    )
+    return [
+        f"date {datetime.date.today().isoformat()}, {platform.node()}, CPU {model}, {os.cpu_count()} CPUs; {source}",
+        f"Python {platform.python_version()}; {versions}",
+        f"server pinned to CPU {SERVER_CPU}, load generator to CPU {LOADGEN_CPU}; "
+        f"{'--quick, ' if quick else ''}{runs} run(s), medians shown",
+    ]
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "scenarios", nargs="*", metavar="scenario", help=f"any of {', '.join(SCENARIOS)} (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer connections and messages")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (median shown)")
+    parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
+    args = parser.parse_args(argv)
+    scenarios = args.scenarios or list(SCENARIOS)
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if sys.platform != "linux":
+        parser.error("the benchmark reads /proc and uses taskset: Linux only")
+    plan = QUICK if args.quick else FULL
+    raise_nofile(1024)
+
+    source = source_state()
+    idle: list[dict[str, Any]] = []
+    echo: list[dict[str, Any]] = []
+    failures: list[str] = []
+    started = time.monotonic()
+
+    def progress(text: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    for run in range(1, args.runs + 1):
+        if "idle" in scenarios:
+            for conns in plan.idle_sizes:
+                for kind in ("rtgevent-full", "socketio"):
+                    try:
+                        r = measure_idle(kind, conns, plan)
+                    except (BenchError, OSError) as exc:
+                        failures.append(f"run {run} idle {conns} {kind}: {exc}")
+                        progress(failures[-1])
+                        continue
+                    r["run"] = run
+                    idle.append(r)
+                    progress(
+                        f"run {run} idle {conns:>6,} {LABELS[kind]:<15} {r['mem_kib_per_conn']:7.1f} KiB/conn "
+                        f"{r['rate']:7.0f} conn/s  server {r['server_cpu_us_per_conn']:6.0f} µs/conn  "
+                        f"loadgen {r['loadgen_cpu_us_per_conn']:6.0f} µs/conn  ({r['connected']} connected)"
+                    )
+        if "echo" in scenarios:
+            for size in plan.echo_sizes:
+                for kind in LABELS:
+                    try:
+                        r = measure_echo(kind, size, plan)
+                    except (BenchError, OSError) as exc:
+                        failures.append(f"run {run} echo {size} {kind}: {exc}")
+                        progress(failures[-1])
+                        continue
+                    r["run"] = run
+                    echo.append(r)
+                    progress(
+                        f"run {run} echo {size_label(size):>6} {LABELS[kind]:<15} {r['rate']:7.0f} msg/s "
+                        f"p50 {r['p50_ms']:6.2f} ms p99 {r['p99_ms']:6.2f} ms  "
+                        f"server {r['server_cpu_us_per_msg']:6.1f} µs/msg  "
+                        f"loadgen {r['loadgen_cpu_us_per_msg']:6.1f} µs/msg"
+                    )
+
+    after = source_state()
+    if after != source:
+        source = f"{source} at the start, {after} at the end"
+    conds = conditions(args.runs, args.quick, source)
+    out: list[str] = ["", *(f"- {line}" for line in conds), ""]
+    if idle:
+        out += ["Idle connections (rtgevent: plain WebSocket upgrade; Flask-SocketIO: EIO4 + SIO5 handshake)", ""]
+        out += [*idle_table(idle, plan.idle_sizes), ""]
+    if echo:
+        out += [f"Echo, {plan.echo_clients} clients in closed loop (target for full / bare: <= 1.2x server CPU)", ""]
+        out += [*echo_table(echo, plan.echo_sizes), ""]
+        out += [*targets(echo, plan.echo_sizes), ""]
+    everything = [*idle, *echo]
+    if everything:
+        other = [r["other_cpus"] for r in everything]
+        steal = [r["steal_cpus"] for r in everything]
+        out.append(
+            f"Other CPU use during the measured phases (other processes, kernel softirq), in CPUs: median "
+            f"{fmt(median(other))}, max {fmt(max(other))}; hypervisor steal: median {fmt(median(steal))}, "
+            f"max {fmt(max(steal))}"
+        )
+    notes = anomalies(idle, echo) + failures
+    out += ["Checks: " + ("none failed" if not notes else f"{len(notes)} problem(s)"), *(f"- {n}" for n in notes)]
+    out.append(f"(total {time.monotonic() - started:.0f} s)")
+    print("\n".join(out))
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps({"conditions": conds, "idle": idle, "echo": echo, "failures": failures}, indent=1)
+        )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
