@@ -69,6 +69,49 @@ def _finite_float(text: str) -> float:
 _decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 
 
+_BEYOND_64_BITS = float(1 << 63)
+
+
+def _inexact(value: Any) -> bool:
+    """True if orjson may have turned an integer past 64 bits into a float somewhere in ``value``."""
+    kind = type(value)
+    if kind is dict:
+        items: Any = value.values()
+    elif kind is list:
+        items = value
+    elif kind is float:
+        return bool(value.is_integer() and abs(value) >= _BEYOND_64_BITS)
+    else:
+        return False
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue  # the common leaves, without a call
+        if _inexact(item):
+            return True
+    return False
+
+
+def _loads(frame: str) -> Any:
+    """Parse with orjson (about 5x faster than the stdlib); where it would differ, the stdlib decides.
+
+    orjson refuses lone-surrogate escapes, NaN and 1e400, and reads integers past 64 bits
+    as floats: the first three fall back to the stdlib parser (which accepts surrogates
+    and refuses the rest), the last is detected and re-parsed exactly.
+    """
+    try:
+        value = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        value = None
+    else:
+        if not _inexact(value):
+            return value
+    try:
+        return _decoder.decode(frame)
+    except (ValueError, RecursionError) as exc:
+        raise BadMessage(f"invalid JSON: {exc}") from None
+
+
 def _metadata_value(value: object) -> bool:
     # strings, and integers for ``in_reply_to`` (a numeric request id goes back as a number)
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
@@ -90,10 +133,7 @@ class JSONCodec:
     def decode(self, frame: str | bytes) -> Message:
         if not isinstance(frame, str):
             raise BadMessage("binary frames are not accepted by the JSON codec")
-        try:
-            envelope = _decoder.decode(frame)
-        except (ValueError, RecursionError) as exc:
-            raise BadMessage(f"invalid JSON: {exc}") from None
+        envelope = _loads(frame)
         if not isinstance(envelope, dict):
             raise BadMessage("an envelope must be a JSON object")
         route = envelope.get("route")

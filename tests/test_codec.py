@@ -163,3 +163,14 @@ def test_snowflake_node_out_of_range_is_refused(node: int) -> None:
     """A node outside [0, 1024) is refused."""
     with pytest.raises(ValueError, match="rtgevent:"):
         SnowflakeIds(node=node)
+
+
+def test_integers_past_64_bits_and_surrogates_decode_exactly() -> None:
+    """The fast parser never changes a value: big integers stay integers, escaped surrogates stay."""
+    codec = JSONCodec()
+    big = 123456789012345678901234567890
+    msg = codec.decode(f'{{"id": {big}, "route": "r", "data": {{"n": [{-big}, 1.5, 2e300]}}}}')
+    assert msg.id == big and type(msg.id) is int
+    assert msg.data == {"n": [-big, 1.5, 2e300]} and type(msg.data["n"][0]) is int
+    assert codec.decode('{"route": "r", "data": "\\ud800"}').data == "\ud800"
+    assert codec.decode(codec.encode(msg)) == msg
