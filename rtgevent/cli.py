@@ -65,12 +65,20 @@ def _serve(
         drain_all()
         server.stop(timeout=1)
 
-    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(stop))
-    gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(stop))
+    stopping: list[gevent.Greenlet] = []
+
+    def on_signal() -> None:
+        if not stopping:
+            stopping.append(gevent.spawn(stop))
+
+    gevent.signal_handler(signal.SIGTERM, on_signal)
+    gevent.signal_handler(signal.SIGINT, on_signal)
     scheme = "https" if certfile else "http"
     server.start()
     print(f"rtgevent: serving on {scheme}://{server.server_host}:{server.server_port}", flush=True)
     server.serve_forever()
+    for greenlet in stopping:  # close() ends serve_forever at once: let the drain finish first
+        greenlet.join()
     return 0
 
 

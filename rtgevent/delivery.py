@@ -17,10 +17,11 @@ import base64
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackpressureError, InvalidBrokerMessage, SessionClosed
+from .broker.base import Broker
+from .errors import BackpressureError, BrokerUnavailable, InvalidBrokerMessage, SessionClosed
 from .hub import Hub
 from .transport.frames import Closing, encode_frame
 from .types import Initiator
@@ -35,6 +36,7 @@ __all__ = [
     "deliver_local",
     "encode_payload",
     "node_topic",
+    "publish_to_nodes",
 ]
 
 log = logging.getLogger("rtgevent.delivery")
@@ -108,6 +110,25 @@ def decode_payload(raw: bytes) -> BrokerPayload:
     else:
         raise InvalidBrokerMessage("no envelope")
     return BrokerPayload(kind, origin, envelope, tenant, identity)
+
+
+def publish_to_nodes(broker: Broker, nodes: Iterable[str], raw: bytes) -> int:
+    """Publish ``raw`` to each node's topic; how many took it.
+
+    One stale or unreachable node (dead, but its lease not yet expired) must not keep
+    the message from the others, so every node is tried; `BrokerUnavailable` is raised
+    only when none took it.
+    """
+    failed: list[BrokerUnavailable] = []
+    targets = sorted(nodes)
+    for node in targets:
+        try:
+            broker.publish(node_topic(node), raw)
+        except BrokerUnavailable as exc:
+            failed.append(exc)
+    if failed and len(failed) == len(targets):
+        raise failed[0]
+    return len(targets) - len(failed)
 
 
 def deliver_local(sessions: list[Session], envelope: str | bytes) -> int:

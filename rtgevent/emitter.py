@@ -15,7 +15,7 @@ from typing import Any
 
 from .broker import Broker, broker_from_url
 from .codec import Codec, JSONCodec
-from .delivery import BROADCAST_TOPIC, BrokerPayload, encode_payload, node_topic
+from .delivery import BROADCAST_TOPIC, BrokerPayload, encode_payload, publish_to_nodes
 from .errors import SessionClosed
 from .message import Message
 from .presence import Presence, presence_from_url
@@ -64,9 +64,7 @@ class Emitter:
             raise SessionClosed(f"no live session for {tenant_id}/{identity_id}")
         envelope = self.codec.encode(Message(route, data))
         raw = encode_payload(BrokerPayload("identity", self.origin, envelope, tenant_id, identity_id))
-        for node in nodes:
-            self.broker.publish(node_topic(node), raw)
-        return len(nodes)
+        return publish_to_nodes(self.broker, nodes, raw)
 
     def broadcast(self, route: str, data: Any = None) -> None:
         """Send to every session of every started node."""
@@ -79,9 +77,7 @@ class Emitter:
         raw = encode_payload(
             BrokerPayload("kick", self.origin, tenant=tenant_id, identity=identity_id, code=code, reason=reason)
         )
-        for node in nodes:
-            self.broker.publish(node_topic(node), raw)
-        return len(nodes)
+        return publish_to_nodes(self.broker, nodes, raw) if nodes else 0
 
     def is_online(self, tenant_id: str, identity_id: str) -> bool:
         return self.presence.is_online(tenant_id, identity_id)

@@ -29,6 +29,7 @@ from .delivery import (
     handle_broker_message,
     kick_local,
     node_topic,
+    publish_to_nodes,
 )
 from .errors import (
     AlreadyStarted,
@@ -559,10 +560,7 @@ class Realtime:
         nodes.discard(self.node_id)
         if not nodes:
             return 0
-        raw = encode_payload(payload)
-        for node in sorted(nodes):
-            self.broker.publish(node_topic(node), raw)
-        return len(nodes)
+        return publish_to_nodes(self.broker, nodes, encode_payload(payload))
 
     def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]:
         if not self._caller.in_hub_thread():

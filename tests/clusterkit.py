@@ -23,9 +23,13 @@ BROKERS = {"redis": REDIS, "kombu-amqp": AMQP, "kombu-redis": "kombu+redis://127
 def _cleanup(namespace: str, redis_url: str = REDIS, amqp_url: str | None = AMQP) -> None:
     with contextlib.suppress(Exception):
         client = redis.Redis.from_url(redis_url, socket_timeout=5)
-        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        # our keys, and kombu's Redis-transport bindings (``_kombu.binding.<namespace>...``)
+        keys = list(client.scan_iter(match=f"*{namespace}*", count=1000))
         if keys:
             client.delete(*keys)
+        stale = [m for m in client.zrange("_kombu.binding_deadlines", 0, -1) if namespace.encode() in m]
+        if stale:
+            client.zrem("_kombu.binding_deadlines", *stale)
         client.close()
     if amqp_url:
         import kombu
