@@ -98,6 +98,7 @@ def test_read_limit_plus_one_closes_1009(serve) -> None:
     assert client.recv_data().payload == b"a" * 1000
     client.send(rawws.frame(rawws.BINARY, b"b" * 1001))
     assert client.expect_close().close_code == 1009
+    assert client.at_eof()
     [info] = server.disconnects()
     assert (info["code"], info["initiator"]) == (1009, "error")
 
@@ -125,6 +126,7 @@ def test_unanswered_pings_close_1011(serve) -> None:
             break
     assert rawws.PING in frames
     assert f.close_code == 1011
+    assert client.at_eof()
     [info] = server.disconnects()
     assert (info["code"], info["initiator"]) == (1011, "heartbeat")
 

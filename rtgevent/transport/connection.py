@@ -64,6 +64,9 @@ _INLINE_BUDGET = 32
 _YIELD_EVERY = 64
 
 
+_FAILING = frozenset({Initiator.HEARTBEAT, Initiator.BACKPRESSURE, Initiator.ERROR})
+
+
 class _WriteTimeout(Exception):
     pass
 
@@ -301,10 +304,14 @@ class Connection:
             self._writing = False
 
     def _send_close(self, closing: Closing) -> None:
+        # A peer that stopped answering pings, stopped reading or never authenticated will
+        # not echo our close frame: fail the connection (close frame, then TCP at once,
+        # RFC 6455 section 7.1.7) instead of waiting CLOSE_TIMEOUT for an echo.
+        send = self._protocol.fail if closing.initiator in _FAILING else self._protocol.send_close
         try:
-            self._protocol.send_close(closing.code, closing.reason)
+            send(closing.code, closing.reason)
         except ProtocolError:
-            self._protocol.send_close(CloseCode.INTERNAL_ERROR, "")
+            send(CloseCode.INTERNAL_ERROR, "")
 
     def _start_close_timer(self) -> None:
         """Whatever happens next, the socket is shut ``CLOSE_TIMEOUT`` from now."""
