@@ -77,19 +77,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.entity import Exchange
 from kombu.exceptions import KombuError
 
 from ..errors import BrokerUnavailable, InvalidOption
-from . import LinkState, backoff_delay, check_namespace, redact_url, sleep_backoff
-from .base import BrokerHandler
-
-if TYPE_CHECKING:
-    import gevent
-    import gevent.event
+from . import check_namespace, redact_url
+from ._consumer import IDLE_EVERY as IDLE_EVERY
+from ._consumer import ConsumerBroker, pause_before_retry
 
 __all__ = ["KombuBroker"]
 
@@ -102,8 +99,6 @@ DEFAULT_BROADCAST_TOPIC = "rtgevent.broadcast"
 TOPIC_HEADER = "rtgevent-topic"
 PROBE_HEADER = "rtgevent-probe"
 CONTENT_TYPE = "application/json"
-#: Yield to the hub after this many messages in a row.
-IDLE_EVERY = 32
 #: Seconds between probe re-sends, and before giving up on the probe (Redis transport).
 PROBE_EVERY = 0.5
 PROBE_GIVE_UP = 10.0
@@ -114,21 +109,6 @@ _SCHEMES = {"amqp": "amqp", "amqps": "amqps", "redis": "redis", "rediss": "redis
 
 class _NoRoute(Exception):
     """RabbitMQ returned a mandatory message: nobody subscribes to its topic right now."""
-
-
-class _KombuSubscription:
-    __slots__ = ("_broker", "_closed", "_handler", "_topic")
-
-    def __init__(self, broker: KombuBroker, topic: str, handler: BrokerHandler) -> None:
-        self._broker = broker
-        self._topic = topic
-        self._handler = handler
-        self._closed = False
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._broker._unsubscribe(self._topic, self._handler)
 
 
 class _Publisher:
@@ -231,7 +211,7 @@ def _close_quietly(conn: Connection) -> None:
         _collect(conn)
 
 
-class KombuBroker:
+class KombuBroker(ConsumerBroker):
     """A `Broker` over kombu: RabbitMQ, or kombu's Redis transport (see the module docstring).
 
     ``url``: ``amqp://``, ``amqps://``, ``redis://``, ``rediss://``, or ``kombu+redis://``.
@@ -278,7 +258,8 @@ class KombuBroker:
         self._url = f"{transport}://{rest}"
         self._redis = transport.startswith("redis")
         self.namespace = check_namespace(namespace)
-        self._what = f"rtgevent kombu broker {redact_url(self._url)} [{namespace}]"
+        super().__init__(f"rtgevent kombu broker {redact_url(self._url)} [{namespace}]",
+                         socket_timeout=socket_timeout, subscribe_timeout=subscribe_timeout)  # fmt: skip
         self._broadcast_topic = broadcast_topic
         self._fanout = Exchange(f"{namespace}.broadcast", type="fanout", durable=False, auto_delete=False)
         self._direct = Exchange(f"{namespace}.direct", type="direct", durable=False, auto_delete=False)
@@ -299,13 +280,11 @@ class KombuBroker:
         #: RabbitMQ only (kombu's Redis transport has neither confirms nor returns)
         self._confirm = bool(confirm_publish) and not self._redis
         self._connect_timeout = connect_timeout
-        self._socket_timeout = socket_timeout
         self._heartbeat = heartbeat
         self._poll_interval = poll_interval
-        self._subscribe_timeout = subscribe_timeout
         template = self._connection(self._publisher_name, heartbeat=0)
         #: What a publish attempt may fail with and still be worth retrying.
-        self._retryable: tuple[type[BaseException], ...] = (
+        self._retryable = (
             KombuError, OSError, *template.connection_errors, *template.channel_errors,
         )  # fmt: skip
         exchanges = (self._fanout, self._direct)
@@ -314,24 +293,8 @@ class KombuBroker:
                                confirm=self._confirm),
             pool_size,
         )
-
-        self._lock = threading.Lock()
-        #: topic -> handlers, copy-on-write so the consumer reads it without the lock
-        self._handlers: dict[str, tuple[BrokerHandler, ...]] = {}
-        #: topics the consumer has bound (the broadcast topic once fanout is live)
-        self._bound: set[str] = set()
-        self._dirty = False
-        self._waiters: list[tuple[str, gevent.event.Event]] = []
-        self._link = LinkState(self._what)
-        #: the consumer failed and is retrying: subscribe() then does not wait
-        self._down = False
-        #: a publisher reached the server while the consumer was down: retry now
-        self._nudged = False
-        self._closed = False
-        self._consumer: gevent.Greenlet | None = None
-        self._stop: gevent.event.Event | None = None
+        #: set while the fanout probe of the Redis transport is on its way round
         self._probe_token: str | None = None
-        self._received = 0
 
     def __repr__(self) -> str:
         return f"<KombuBroker {redact_url(self._url)} namespace={self.namespace!r}>"
@@ -355,10 +318,7 @@ class KombuBroker:
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Send ``payload`` to every subscriber of ``topic``; `BrokerUnavailable` after bounded retries."""
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
-        if self._closed:
-            raise BrokerUnavailable(f"{self._what}: broker is closed")
+        self._check_publishable(payload)
         if topic == self._broadcast_topic:
             exchange, routing_key = self._fanout, ""  # see the module docstring: Redis fanout
         else:
@@ -381,8 +341,7 @@ class KombuBroker:
             broken = True
             try:
                 producer = publisher.ready()
-                if self._down:
-                    self._nudged = True  # the server answers: the consumer should not wait
+                self._nudge()  # the server answers: a consumer that is down should not wait
                 publisher.returned = None
                 producer.publish(
                     body,
@@ -406,118 +365,25 @@ class KombuBroker:
                 last = exc
             finally:
                 self._pool.release(publisher, broken=broken)
-            delay = backoff_delay(attempts - 1, start=0.05, cap=1.0)
-            if time.monotonic() + delay >= deadline:
+            if not pause_before_retry(attempts, deadline):
                 break
-            time.sleep(delay)
-        reason = f"{type(last).__name__}: {last}" if last is not None else "timed out"
-        raise BrokerUnavailable(f"{self._what}: {what} failed after {attempts} attempt(s): {reason}")
-
-    # ------------------------------------------------------------------ subscribing
-
-    def subscribe(self, topic: str, handler: BrokerHandler) -> _KombuSubscription:
-        """Call ``handler(payload)`` in the consumer greenlet for each message on ``topic``.
-
-        Returns once the binding is live, so nothing published afterwards is missed; if the
-        broker is down it returns at once (the consumer binds on reconnect) -- it never
-        raises for an outage, a node must be able to start while the broker is away.
-        """
-        import gevent
-        import gevent.event
-
-        if self._closed:
-            raise BrokerUnavailable(f"{self._what}: broker is closed")
-        waiter = gevent.event.Event()
-        with self._lock:
-            first = topic not in self._handlers
-            self._handlers = {**self._handlers, topic: (*self._handlers.get(topic, ()), handler)}
-            if first:
-                self._dirty = True
-            if topic in self._bound or self._down:
-                waiter.set()
-            else:
-                self._waiters.append((topic, waiter))
-        subscription = _KombuSubscription(self, topic, handler)
-        self._ensure_consumer()
-        if gevent.getcurrent() is self._consumer:
-            return subscription  # from a handler: the consumer binds it when the handler returns
-        if not waiter.wait(timeout=self._subscribe_timeout):
-            log.warning("%s: subscribing %r took over %g s; going on without waiting", self._what, topic,
-                        self._subscribe_timeout)  # fmt: skip
-        return subscription
-
-    def _unsubscribe(self, topic: str, handler: BrokerHandler) -> None:
-        with self._lock:
-            handlers = list(self._handlers.get(topic, ()))
-            if handler not in handlers:
-                return
-            handlers.remove(handler)
-            table = dict(self._handlers)
-            if handlers:
-                table[topic] = tuple(handlers)
-            else:
-                del table[topic]
-                self._dirty = True
-            self._handlers = table
-
-    def _ensure_consumer(self) -> None:
-        import gevent
-        import gevent.event
-
-        if self._consumer is None and not self._closed:
-            self._stop = gevent.event.Event()
-            self._consumer = gevent.spawn(self._consume_forever)
-
-    def _was_nudged(self) -> bool:
-        return self._nudged
-
-    def _release_waiters(self, *, everyone: bool = False) -> None:
-        with self._lock:
-            keep = []
-            for topic, waiter in self._waiters:
-                if everyone or topic in self._bound:
-                    waiter.set()
-                else:
-                    keep.append((topic, waiter))
-            self._waiters = keep
+        raise self._publish_failed(what, attempts, last)
 
     # ------------------------------------------------------------------ the consumer greenlet
 
-    def _consume_forever(self) -> None:
-        assert self._stop is not None
-        attempt = 0
-        nudge_spent = reported = False
-        while not self._closed:
-            conn: Connection | None = None
-            self._nudged = False
-            try:
-                conn = self._connection(self.consumer_name, heartbeat=self._heartbeat)
-                conn.ensure_connection(max_retries=0)
-                channel = conn.channel()
-                self._setup(channel)
-                self._drain(conn, channel)
-                self._teardown(conn, channel)
-                conn = None
-            except Exception as exc:
-                if self._closed:
-                    break
-                if self._link.up:
-                    attempt = 0  # it did work for a while: start the backoff over
-                    nudge_spent = reported = False
-                self._set_down(exc)
-                if not isinstance(exc, self._retryable) and not reported:
-                    reported = True  # a bug, not an outage: its traceback once, not per retry
-                    log.error("%s: unexpected consumer error", self._what, exc_info=True)
-            finally:
-                if conn is not None:
-                    _collect(conn)
-            if self._closed:
-                break
-            # a nudge cuts one backoff short per outage: a consumer that fails while the
-            # server answers publishers must not reconnect at the publish rate
-            sleep_backoff(self._stop, backoff_delay(attempt), (lambda: False) if nudge_spent else self._was_nudged)
-            nudge_spent = nudge_spent or self._nudged
-            attempt += 1
+    def _consume_once(self) -> None:
+        conn: Connection | None = None
+        try:
+            conn = self._connection(self.consumer_name, heartbeat=self._heartbeat)
+            conn.ensure_connection(max_retries=0)
+            channel = conn.channel()
+            self._setup(channel)
+            self._drain(conn, channel)
+            self._teardown(conn, channel)
+            conn = None
+        finally:
+            if conn is not None:
+                _collect(conn)
 
     def _setup(self, channel: Any) -> None:
         """Declare everything (again: a broker restart forgets it) and start consuming."""
@@ -530,9 +396,7 @@ class KombuBroker:
             channel.queue_declare(queue=name, durable=False, exclusive=False, auto_delete=False,
                                   arguments=dict(self._queue_args))  # fmt: skip
         channel.queue_bind(queue=self._fanout_queue, exchange=self._fanout.name, routing_key="")
-        with self._lock:
-            self._bound.clear()
-            self._dirty = True
+        self._start_over()
         self._sync_bindings(channel)
         consumer = Consumer(
             channel,
@@ -567,20 +431,16 @@ class KombuBroker:
         self._release_waiters()
 
     def _fanout_live(self) -> None:
+        """The broadcast topic counts as bound once fanout is live: the link is up."""
         self._probe_token = None
         with self._lock:
             self._bound.add(self._broadcast_topic)
-        self._down = False
-        self._link.set_up()
+        self._set_up()
         self._release_waiters()
 
     def _set_down(self, exc: BaseException) -> None:
-        self._link.set_down(exc)
         self._probe_token = None
-        with self._lock:
-            self._bound.clear()
-        self._down = True
-        self._release_waiters(everyone=True)
+        super()._set_down(exc)
 
     def _drain(self, conn: Connection, channel: Any) -> None:
         heartbeat = float(conn.get_heartbeat_interval() or 0)
@@ -619,11 +479,7 @@ class KombuBroker:
             log.debug("%s: %s", self._what, exc)
 
     def _on_message(self, message: Any) -> None:
-        import gevent
-
-        self._received += 1
-        if self._received % IDLE_EVERY == 0:
-            gevent.idle()
+        self._count_message()
         headers = message.headers or {}
         probe = headers.get(PROBE_HEADER)
         if probe is not None:
@@ -634,17 +490,10 @@ class KombuBroker:
             log.warning("%s: dropped a message of content type %r", self._what, message.content_type)
             return
         topic = headers.get(TOPIC_HEADER) or message.delivery_info.get("routing_key")
-        handlers = self._handlers.get(topic, ())
-        if not handlers:
-            return
         body = message.body
         if isinstance(body, str):
             body = body.encode("utf-8")
-        for handler in handlers:
-            try:
-                handler(body)
-            except Exception:
-                log.exception("%s: handler for topic %r raised", self._what, topic)
+        self._dispatch(topic, body)
 
     def _teardown(self, conn: Connection, channel: Any) -> None:
         """On close: delete this broker's queue(s) now rather than when x-expires fires."""
@@ -666,22 +515,5 @@ class KombuBroker:
 
     # ------------------------------------------------------------------ closing
 
-    def close(self) -> None:
-        """Stop consuming, delete this broker's queue, close every connection.  Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._handlers = {}
-        self._release_waiters(everyone=True)
-        if self._stop is not None:
-            self._stop.set()
-        consumer = self._consumer
-        if consumer is not None:
-            import gevent
-
-            if consumer is not gevent.getcurrent():
-                consumer.join(timeout=self._socket_timeout)
-                if not consumer.dead:
-                    consumer.kill(block=True, timeout=1.0)
+    def _close_connections(self) -> None:
         self._pool.close()

@@ -32,44 +32,22 @@ gevent hub's thread (the consumer is a greenlet).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..errors import BrokerUnavailable, InvalidOption
-from . import LinkState, backoff_delay, check_namespace, redact_url, sleep_backoff
-from .base import BrokerHandler
-
-if TYPE_CHECKING:
-    import gevent
-    import gevent.event
+from ..errors import InvalidOption
+from . import check_namespace, redact_url
+from ._consumer import IDLE_EVERY as IDLE_EVERY
+from ._consumer import ConsumerBroker, pause_before_retry
 
 __all__ = ["RedisBroker"]
 
 log = logging.getLogger("rtgevent.broker")
-
-#: Yield to the hub after this many messages in a row.
-IDLE_EVERY = 32
-
-
-class _RedisSubscription:
-    __slots__ = ("_broker", "_closed", "_handler", "_topic")
-
-    def __init__(self, broker: RedisBroker, topic: str, handler: BrokerHandler) -> None:
-        self._broker = broker
-        self._topic = topic
-        self._handler = handler
-        self._closed = False
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._broker._unsubscribe(self._topic, self._handler)
 
 
 class _NoSubscriber(Exception):
@@ -80,13 +58,15 @@ class _ConnectionDead(redis.ConnectionError):
     """The pub/sub connection stopped answering PING."""
 
 
-class RedisBroker:
+class RedisBroker(ConsumerBroker):
     """A `Broker` over Redis pub/sub: channel ``<namespace>.<topic>`` per topic.
 
     ``socket_timeout`` bounds every socket operation (a publish to a Redis that stopped
     answering fails instead of hanging); ``health_check_interval`` is how long the
     consumer's connection may stay silent before it is PINGed.
     """
+
+    _retryable = (redis.RedisError, OSError)
 
     def __init__(
         self,
@@ -116,7 +96,8 @@ class RedisBroker:
             raise InvalidOption("publish_retries/pool_size", "out of range")
         self.namespace = check_namespace(namespace)
         self._url = url
-        self._what = f"rtgevent redis broker {redact_url(url)} [{namespace}]"
+        super().__init__(f"rtgevent redis broker {redact_url(url)} [{namespace}]",
+                         socket_timeout=socket_timeout, subscribe_timeout=subscribe_timeout)  # fmt: skip
         self._prefix = f"{namespace}."
         instance = uuid.uuid4().hex[:12]
         #: ``CLIENT SETNAME`` of the consumer's pub/sub connection, to find it in ``CLIENT LIST``.
@@ -139,26 +120,8 @@ class RedisBroker:
         self._client = redis.Redis(connection_pool=self._pool)
         self._publish_retries = publish_retries
         self._publish_timeout = publish_timeout
-        self._socket_timeout = socket_timeout
         self._health_check_interval = health_check_interval
         self._poll_interval = poll_interval
-        self._subscribe_timeout = subscribe_timeout
-
-        self._lock = threading.Lock()
-        #: topic -> handlers, copy-on-write so the consumer reads it without the lock
-        self._handlers: dict[str, tuple[BrokerHandler, ...]] = {}
-        #: topics whose SUBSCRIBE Redis confirmed on the current connection
-        self._bound: set[str] = set()
-        self._dirty = False
-        self._waiters: list[tuple[str, gevent.event.Event]] = []
-        self._link = LinkState(self._what)
-        self._down = False
-        #: a publisher reached the server while the consumer was down: retry now
-        self._nudged = False
-        self._closed = False
-        self._consumer: gevent.Greenlet | None = None
-        self._stop: gevent.event.Event | None = None
-        self._received = 0
 
     def __repr__(self) -> str:
         return f"<RedisBroker {redact_url(self._url)} namespace={self.namespace!r}>"
@@ -170,10 +133,7 @@ class RedisBroker:
 
     def publish(self, topic: str, payload: bytes) -> None:
         """PUBLISH ``payload`` on the topic's channel; `BrokerUnavailable` after bounded retries."""
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
-        if self._closed:
-            raise BrokerUnavailable(f"{self._what}: broker is closed")
+        self._check_publishable(payload)
         channel = self._channel(topic)
         deadline = time.monotonic() + self._publish_timeout
         attempts = 0
@@ -182,8 +142,7 @@ class RedisBroker:
             attempts += 1
             try:
                 receivers = self._client.publish(channel, bytes(payload))
-                if self._down:
-                    self._nudged = True  # Redis answers: the consumer should not wait
+                self._nudge()  # Redis answers: a consumer that is down should not wait
                 if receivers:
                     return
                 # Redis counts the receivers: none means the topic's node is gone or
@@ -192,128 +151,29 @@ class RedisBroker:
                 last = _NoSubscriber(f"nobody subscribes to {channel!r}")
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 last = exc
-            delay = backoff_delay(attempts - 1, start=0.05, cap=1.0)
-            if time.monotonic() + delay >= deadline:
+            if not pause_before_retry(attempts, deadline):
                 break
-            time.sleep(delay)
-        reason = f"{type(last).__name__}: {last}" if last is not None else "timed out"
-        raise BrokerUnavailable(f"{self._what}: publish to {topic!r} failed after {attempts} attempt(s): {reason}")
-
-    # ------------------------------------------------------------------ subscribing
-
-    def subscribe(self, topic: str, handler: BrokerHandler) -> _RedisSubscription:
-        """Call ``handler(payload)`` in the consumer greenlet for each message on ``topic``.
-
-        Returns once Redis confirmed the subscription; if Redis is down it returns at once
-        (the consumer subscribes on reconnect): a node must be able to start meanwhile.
-        """
-        import gevent
-        import gevent.event
-
-        if self._closed:
-            raise BrokerUnavailable(f"{self._what}: broker is closed")
-        waiter = gevent.event.Event()
-        with self._lock:
-            if topic not in self._handlers:
-                self._dirty = True
-            self._handlers = {**self._handlers, topic: (*self._handlers.get(topic, ()), handler)}
-            if topic in self._bound or self._down:
-                waiter.set()
-            else:
-                self._waiters.append((topic, waiter))
-        subscription = _RedisSubscription(self, topic, handler)
-        self._ensure_consumer()
-        if gevent.getcurrent() is self._consumer:
-            return subscription  # from a handler: the consumer binds it when the handler returns
-        if not waiter.wait(timeout=self._subscribe_timeout):
-            log.warning("%s: subscribing %r took over %g s; going on without waiting", self._what, topic,
-                        self._subscribe_timeout)  # fmt: skip
-        return subscription
-
-    def _unsubscribe(self, topic: str, handler: BrokerHandler) -> None:
-        with self._lock:
-            handlers = list(self._handlers.get(topic, ()))
-            if handler not in handlers:
-                return
-            handlers.remove(handler)
-            table = dict(self._handlers)
-            if handlers:
-                table[topic] = tuple(handlers)
-            else:
-                del table[topic]
-                self._dirty = True
-            self._handlers = table
-
-    def _ensure_consumer(self) -> None:
-        import gevent
-        import gevent.event
-
-        if self._consumer is None and not self._closed:
-            self._stop = gevent.event.Event()
-            self._consumer = gevent.spawn(self._consume_forever)
-
-    def _was_nudged(self) -> bool:
-        return self._nudged
-
-    def _release_waiters(self, *, everyone: bool = False) -> None:
-        with self._lock:
-            keep = []
-            for topic, waiter in self._waiters:
-                if everyone or topic in self._bound:
-                    waiter.set()
-                else:
-                    keep.append((topic, waiter))
-            self._waiters = keep
+        raise self._publish_failed(f"publish to {topic!r}", attempts, last)
 
     # ------------------------------------------------------------------ the consumer greenlet
 
-    def _consume_forever(self) -> None:
-        assert self._stop is not None
-        attempt = 0
-        nudge_spent = reported = False
-        while not self._closed:
-            self._nudged = False
-            client: Any = redis.Redis(connection_pool=self._sub_pool)
-            pubsub = client.pubsub(ignore_subscribe_messages=False)
+    def _consume_once(self) -> None:
+        client: Any = redis.Redis(connection_pool=self._sub_pool)
+        pubsub = client.pubsub(ignore_subscribe_messages=False)
+        try:
+            self._listen(pubsub)
+        finally:
             try:
-                self._listen(pubsub)
-            except Exception as exc:
-                if self._closed:
-                    break
-                if self._link.up:
-                    attempt = 0  # it did work for a while: start the backoff over
-                    nudge_spent = reported = False
-                self._link.set_down(exc)
-                self._down = True
-                with self._lock:
-                    self._bound.clear()
-                self._release_waiters(everyone=True)
-                if not isinstance(exc, redis.RedisError | OSError) and not reported:
-                    reported = True  # a bug, not an outage: its traceback once, not per retry
-                    log.error("%s: unexpected consumer error", self._what, exc_info=True)
-            finally:
-                try:
-                    pubsub.close()
-                except Exception:
-                    log.debug("%s: closing the pub/sub connection failed", self._what, exc_info=True)
-            if self._closed:
-                break
-            # a nudge cuts one backoff short per outage: a consumer that fails while the
-            # server answers publishers must not reconnect at the publish rate
-            sleep_backoff(self._stop, backoff_delay(attempt), (lambda: False) if nudge_spent else self._was_nudged)
-            nudge_spent = nudge_spent or self._nudged
-            attempt += 1
+                pubsub.close()
+            except Exception:
+                log.debug("%s: closing the pub/sub connection failed", self._what, exc_info=True)
 
     def _listen(self, pubsub: Any) -> None:
         """Serve one connection until it fails or the broker closes."""
-        import gevent
-
         pubsub.ping()  # connects, and fails fast when Redis is away
         subscribed: set[str] = set()  # topics SUBSCRIBEd on this connection, in send order
         unconfirmed: dict[str, int] = {}  # SUBSCRIBEs sent whose confirmation has not come yet
-        with self._lock:
-            self._bound.clear()
-            self._dirty = True
+        self._start_over()
         restoring = True  # "restored" once every wanted channel is confirmed again
         last_heard = time.monotonic()
         ping_sent: float | None = None
@@ -325,8 +185,7 @@ class RedisBroker:
                     complete = set(self._handlers) <= self._bound
                 if complete:
                     restoring = False
-                    self._down = False
-                    self._link.set_up()
+                    self._set_up()
             now = time.monotonic()
             if ping_sent is not None and now - ping_sent > self._socket_timeout:
                 raise _ConnectionDead(f"no answer to PING within {self._socket_timeout:g} s")
@@ -346,10 +205,10 @@ class RedisBroker:
                 continue
             kind = message["type"]
             if kind == "message":
-                self._received += 1
-                if self._received % IDLE_EVERY == 0:
-                    gevent.idle()
-                self._dispatch(message["channel"], message["data"])
+                self._count_message()
+                data = message["data"]
+                if isinstance(data, bytes):
+                    self._dispatch(self._topic_of(message["channel"]), data)
             elif kind == "subscribe":
                 topic = self._topic_of(message["channel"])
                 unconfirmed[topic] = left = unconfirmed.get(topic, 1) - 1
@@ -382,37 +241,9 @@ class RedisBroker:
         name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
         return name.removeprefix(self._prefix)
 
-    def _dispatch(self, channel: bytes | str, data: Any) -> None:
-        topic = self._topic_of(channel)
-        handlers = self._handlers.get(topic, ())
-        if not handlers or not isinstance(data, bytes):
-            return
-        for handler in handlers:
-            try:
-                handler(data)
-            except Exception:
-                log.exception("%s: handler for topic %r raised", self._what, topic)
-
     # ------------------------------------------------------------------ closing
 
-    def close(self) -> None:
-        """Stop consuming and close every connection.  Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._handlers = {}
-        self._release_waiters(everyone=True)
-        if self._stop is not None:
-            self._stop.set()
-        consumer = self._consumer
-        if consumer is not None:
-            import gevent
-
-            if consumer is not gevent.getcurrent():
-                consumer.join(timeout=self._socket_timeout)
-                if not consumer.dead:
-                    consumer.kill(block=True, timeout=1.0)
+    def _close_connections(self) -> None:
         for pool in (self._pool, self._sub_pool):
             try:
                 pool.disconnect()
