@@ -89,16 +89,31 @@ def start_inprocess(kind: str, **config: Any) -> Server:
     return Server(kind, "127.0.0.1", server.server_port, stop, app=app)
 
 
-def start_gunicorn(*, worker: str = "gevent", extra_args: tuple[str, ...] = (), **config: Any) -> Server:
-    env = dict(os.environ, RTG_TEST_CONFIG=json.dumps(config), PYTHONPATH=str(ROOT))
-    cmd = [
-        sys.executable, "-m", "gunicorn", "-k", worker, "--no-control-socket", "-w", "1",
-        "-b", "127.0.0.1:0", "-c", "python:rtgevent.gunicorn", "--graceful-timeout", "10",
-        *extra_args, "tests.app:app_from_env()",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+@dataclasses.dataclass
+class Gunicorn:
+    """A gunicorn master started by a test, its port (read from its log) and its log lines."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: list[str]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def launch_gunicorn(*args: str, env: dict[str, str] | None = None) -> Gunicorn:
+    """``gunicorn --no-control-socket -b 127.0.0.1:0 ARGS``; returns once the master listens."""
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    cmd = [sys.executable, "-m", "gunicorn", "--no-control-socket", "-b", "127.0.0.1:0", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log: list[str] = []
-    port_found = gevent.event.AsyncResult()
+    port_found: gevent.event.AsyncResult = gevent.event.AsyncResult()
 
     def drain() -> None:
         assert proc.stderr is not None
@@ -112,18 +127,20 @@ def start_gunicorn(*, worker: str = "gevent", extra_args: tuple[str, ...] = (), 
             port_found.set_exception(RuntimeError("gunicorn exited:\n" + "\n".join(log)))
 
     gevent.spawn(drain)
-    port = port_found.get(timeout=WAIT)
+    try:
+        return Gunicorn(proc, port_found.get(timeout=WAIT), log)
+    except BaseException:
+        Gunicorn(proc, 0, log).stop()
+        raise
 
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
 
-    server = Server("gunicorn", "127.0.0.1", port, stop, process=proc, log=log)
+def start_gunicorn(*, worker: str = "gevent", extra_args: tuple[str, ...] = (), **config: Any) -> Server:
+    """The test app (tests/app.py) under gunicorn with the drain hook; returns once a worker answers."""
+    g = launch_gunicorn(
+        "-k", worker, "-w", "1", "-c", "python:rtgevent.gunicorn", "--graceful-timeout", "10", *extra_args,
+        "tests.app:app_from_env()", env={"RTG_TEST_CONFIG": json.dumps(config)},
+    )  # fmt: skip
+    server = Server("gunicorn", "127.0.0.1", g.port, g.stop, process=g.proc, log=g.log)
     # the worker boots after the master listens: wait until it answers
     server.wait_for(lambda: _answers(server), what="gunicorn worker")
     return server

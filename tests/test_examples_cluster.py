@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import urllib.parse
@@ -19,7 +17,7 @@ import pytest
 
 from rtgevent.client import Client, connect
 from tests.clusterkit import REDIS, _cleanup
-from tests.conftest import ROOT, WAIT
+from tests.conftest import ROOT, WAIT, launch_gunicorn
 from tests.procs import ServeProcess
 
 
@@ -77,27 +75,11 @@ def test_two_servers_and_the_sync_sender(namespace: str) -> None:
 @pytest.mark.parametrize("config", ["gevent.conf.py", "geventwebsocket.conf.py"])
 def test_gunicorn_two_workers_reach_each_other(namespace: str, config: str) -> None:
     """Two gunicorn workers and Redis: a client on worker A gets a send made by a POST handled by worker B."""
-    cmd = [
-        sys.executable, "-m", "gunicorn", "-c", f"examples/gunicorn/{config}", "--no-control-socket",
-        "-b", "127.0.0.1:0", "examples.multinode.app:app",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), **_env(namespace)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    log: list[str] = []
-    port_found = gevent.event.AsyncResult()
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            log.append(raw.decode(errors="replace").rstrip())
-            m = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log[-1])
-            if m and not port_found.ready():
-                port_found.set(int(m.group(1)))
-
-    gevent.spawn(drain)
+    g = launch_gunicorn("-c", f"examples/gunicorn/{config}", "examples.multinode.app:app", env=_env(namespace))
+    log = g.log
     client: Client | None = None
     try:
-        port = port_found.get(timeout=WAIT)
+        port = g.port
         with gevent.Timeout(WAIT, AssertionError("no worker answered:\n" + "\n".join(log))):
             while client is None:
                 try:
@@ -115,9 +97,4 @@ def test_gunicorn_two_workers_reach_each_other(namespace: str, config: str) -> N
             pytest.fail("every POST landed on the client's own worker")
         client.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        g.stop()

@@ -7,11 +7,7 @@ The module also holds `gunicorn_app`, the factory the gunicorn subprocesses load
 from __future__ import annotations
 
 import http.client
-import os
-import re
-import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from flask import Flask
 from rtgevent import Config, Identity, Message, Realtime, Session, Unauthorized
 from rtgevent.client import ConnectRefused, connect
 from rtgevent.flask import CLIENT_JS, Dispatcher, FlaskState, blueprint, config_from_app, init_app
+from tests.conftest import Gunicorn, launch_gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0
@@ -229,44 +226,16 @@ def test_register_time_prefix_moves_the_endpoint(served: Any) -> None:
 
 
 def start_gunicorn(worker: str) -> tuple[subprocess.Popen[bytes], int, list[str]]:
-    """gunicorn serving `gunicorn_app` with ``worker`` (as tests/conftest.py starts its gunicorn)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [
-        sys.executable, "-m", "gunicorn", "-k", worker, "--no-control-socket", "-w", "1",
-        "-b", "127.0.0.1:0", "-c", "python:rtgevent.gunicorn", "--graceful-timeout", "5",
+    """gunicorn serving `gunicorn_app` with ``worker``."""
+    g = launch_gunicorn(
+        "-k", worker, "-w", "1", "-c", "python:rtgevent.gunicorn", "--graceful-timeout", "5",
         "tests.test_flask:gunicorn_app()",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log: list[str] = []
-    port_found: gevent.event.AsyncResult = gevent.event.AsyncResult()
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            log.append(line)
-            m = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
-            if m and not port_found.ready():
-                port_found.set(int(m.group(1)))
-        if not port_found.ready():
-            port_found.set_exception(RuntimeError("gunicorn exited:\n" + "\n".join(log)))
-
-    gevent.spawn(drain)
-    try:
-        return proc, port_found.get(timeout=WAIT), log
-    except BaseException:
-        stop_gunicorn(proc)
-        raise
+    )  # fmt: skip
+    return g.proc, g.port, g.log
 
 
 def stop_gunicorn(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    Gunicorn(proc, 0, []).stop()
 
 
 @pytest.mark.parametrize("worker", ["gevent", "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"])
