@@ -1,10 +1,11 @@
-"""``python -m bench [idle] [echo] [--quick] [--runs N] [--json PATH]``: run and print the table.
+"""``python -m bench [idle] [echo] [cluster] [emitter] [--quick] [--runs N] [--json PATH]``: run and print the table.
 
 For every measurement a fresh server process (``taskset -c 0``) and a fresh load generator
 (``taskset -c 1``) are started, driven phase by phase over the load generator's stdin and
 stdout, and both are stopped by PID in a ``finally`` block.  Within one run the servers under
 test are measured back to back (rtgevent, then Flask-SocketIO) so they share the same
-conditions; each figure in the table is the median over ``--runs`` runs.
+conditions; each figure in the table is the median over ``--runs`` runs.  The ``cluster`` and
+``emitter`` scenarios (`bench.cluster`) measure rtgevent alone, once per broker.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import json
 import math
 import os
 import platform
-import select
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import cluster as cl
+from bench.common import LOADGEN_CPU, ROOT, SERVER_CPU, BenchError, LineReader, fmt, median
+from bench.common import child_env as _env
+from bench.common import stop as _stop
 from bench.proc import cpu_seconds, raise_nofile, rss_kib, system_cpu
 
-ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("idle", "echo")
-SERVER_CPU = "0"
-LOADGEN_CPU = "1"
+SCENARIOS = ("idle", "echo", "cluster", "emitter")
+#: what runs when no scenario is named (cluster and emitter need Redis and RabbitMQ)
+DEFAULT_SCENARIOS = ("idle", "echo")
 LABELS = {"rtgevent-bare": "rtgevent bare", "rtgevent-full": "rtgevent full", "socketio": "Flask-SocketIO"}
 KIB = 1024
 
@@ -71,68 +73,7 @@ QUICK = Plan(
 )
 
 
-class BenchError(Exception):
-    """A measurement could not be completed (a process died, a phase timed out)."""
-
-
 # ---------------------------------------------------------------------- processes
-
-
-class LineReader:
-    """Lines from a child's stdout, with a timeout, without Python's buffering in the way."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], name: str) -> None:
-        assert proc.stdout is not None
-        self.proc = proc
-        self.fd = proc.stdout.fileno()
-        self.name = name
-        self.buf = b""
-
-    def line(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"{self.name}: no output within {timeout:.0f} s")
-            ready, _, _ = select.select([self.fd], [], [], remaining)
-            if not ready:
-                continue
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                raise BenchError(f"{self.name}: exited (status {self.proc.wait(5)}) before answering")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line.decode()
-
-    def event(self, name: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.line(max(0.0, deadline - time.monotonic()))
-            try:
-                value = json.loads(text)
-            except ValueError:
-                continue  # not ours
-            if isinstance(value, dict) and value.get("event") == name:
-                return value
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    """Stop one process we started, by its PID: SIGTERM, then SIGKILL."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 class Measurement:
@@ -335,23 +276,6 @@ def measure_echo(kind: str, size: int, plan: Plan) -> dict[str, Any]:
 # ---------------------------------------------------------------------- report
 
 
-def median(values: Sequence[float]) -> float:
-    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return statistics.median(finite) if finite else float("nan")
-
-
-def fmt(value: float) -> str:
-    if not math.isfinite(value):
-        return "n/a"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
 def ratio(a: float, b: float) -> str:
     if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
         return "n/a"
@@ -520,13 +444,17 @@ def conditions(runs: int, quick: bool, source: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "scenarios", nargs="*", metavar="scenario", help=f"any of {', '.join(SCENARIOS)} (default: all)"
+        "scenarios",
+        nargs="*",
+        metavar="scenario",
+        help=f"any of {', '.join(SCENARIOS)} (default: {' '.join(DEFAULT_SCENARIOS)}; cluster and emitter "
+        f"need Redis on 127.0.0.1:6379 and RabbitMQ on 127.0.0.1:5672)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer connections and messages")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (median shown)")
     parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
     args = parser.parse_args(argv)
-    scenarios = args.scenarios or list(SCENARIOS)
+    scenarios = args.scenarios or list(DEFAULT_SCENARIOS)
     unknown = sorted(set(scenarios) - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
@@ -535,11 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     if sys.platform != "linux":
         parser.error("the benchmark reads /proc and uses taskset: Linux only")
     plan = QUICK if args.quick else FULL
+    cplan = cl.CLUSTER_QUICK if args.quick else cl.CLUSTER_FULL
     raise_nofile(1024)
 
     source = source_state()
     idle: list[dict[str, Any]] = []
     echo: list[dict[str, Any]] = []
+    multi: dict[str, list[dict[str, Any]]] = {"cluster": [], "emitter": []}
     failures: list[str] = []
     started = time.monotonic()
 
@@ -580,11 +510,32 @@ def main(argv: list[str] | None = None) -> int:
                         f"server {r['server_cpu_us_per_msg']:6.1f} µs/msg  "
                         f"loadgen {r['loadgen_cpu_us_per_msg']:6.1f} µs/msg"
                     )
+        for scenario, measure in (("cluster", cl.measure_cluster), ("emitter", cl.measure_emitter)):
+            if scenario not in scenarios:
+                continue
+            for broker, (label, _) in cl.BROKERS.items():
+                try:
+                    r = measure(broker, cplan)
+                except (BenchError, OSError, ValueError, KeyError) as exc:
+                    failures.append(f"run {run} {scenario} {broker}: {type(exc).__name__}: {exc}")
+                    progress(failures[-1])
+                    continue
+                r["run"] = run
+                multi[scenario].append(r)
+                progress(
+                    f"run {run} {scenario:<7} {label:<22} paced p50 {r['paced_p50_ms']:5.2f} ms "
+                    f"p99 {r['paced_p99_ms']:5.2f} ms  flat out {r['burst_send_rate']:6.0f} sent/s "
+                    f"{r['burst_recv_rate']:6.0f} received/s, lost {r['burst_lost']}  "
+                    f"sender {r['burst_sender_cpu_us_per_msg']:4.0f} µs/msg  "
+                    f"receiver {r['burst_receiver_cpu_us_per_msg']:4.0f} µs/msg"
+                )
 
     after = source_state()
     if after != source:
         source = f"{source} at the start, {after} at the end"
     conds = conditions(args.runs, args.quick, source)
+    if multi["cluster"] or multi["emitter"]:
+        conds.append(cl.conditions(cplan))
     out: list[str] = ["", *(f"- {line}" for line in conds), ""]
     if idle:
         out += ["Idle connections (rtgevent: plain WebSocket upgrade; Flask-SocketIO: EIO4 + SIO5 handshake)", ""]
@@ -593,22 +544,31 @@ def main(argv: list[str] | None = None) -> int:
         out += [f"Echo, {plan.echo_clients} clients in closed loop (target for full / bare: <= 1.2x server CPU)", ""]
         out += [*echo_table(echo, plan.echo_sizes), ""]
         out += [*targets(echo, plan.echo_sizes), ""]
-    everything = [*idle, *echo]
+    if multi["cluster"]:
+        out += [cl.heading("cluster", cplan), ""]
+        out += [*cl.table("cluster", multi["cluster"], cplan), ""]
+        out += [*cl.targets(multi["cluster"]), cl.NO_COUNTERPART, ""]
+    if multi["emitter"]:
+        out += [cl.heading("emitter", cplan), ""]
+        out += [*cl.table("emitter", multi["emitter"], cplan), "", cl.NO_COUNTERPART, ""]
+    multi_any = bool(multi["cluster"] or multi["emitter"])
+    everything = [*idle, *echo, *multi["cluster"], *multi["emitter"]]
     if everything:
         other = [r["other_cpus"] for r in everything]
         steal = [r["steal_cpus"] for r in everything]
+        services = "; cluster and emitter: not counting the Redis and RabbitMQ servers" if multi_any else ""
         out.append(
-            f"Other CPU use during the measured phases (other processes, kernel softirq), in CPUs: median "
+            f"Other CPU use during the measured phases (other processes, kernel softirq{services}), in CPUs: median "
             f"{fmt(median(other))}, max {fmt(max(other))}; hypervisor steal: median {fmt(median(steal))}, "
             f"max {fmt(max(steal))}"
         )
-    notes = anomalies(idle, echo) + failures
+    notes = anomalies(idle, echo) + cl.anomalies([*multi["cluster"], *multi["emitter"]]) + failures
     out += ["Checks: " + ("none failed" if not notes else f"{len(notes)} problem(s)"), *(f"- {n}" for n in notes)]
     out.append(f"(total {time.monotonic() - started:.0f} s)")
     print("\n".join(out))
     if args.json is not None:
         args.json.write_text(
-            json.dumps({"conditions": conds, "idle": idle, "echo": echo, "failures": failures}, indent=1)
+            json.dumps({"conditions": conds, "idle": idle, "echo": echo, **multi, "failures": failures}, indent=1)
         )
     return 1 if failures else 0
 

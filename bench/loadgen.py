@@ -326,19 +326,23 @@ class Control:
 
     def wait(self, word: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while True:
-            while b"\n" in self.buf:
-                line, _, self.buf = self.buf.partition(b"\n")
-                if line.strip().decode() == word:
-                    return
+        while self.line(max(0.0, deadline - time.monotonic()), f"no {word!r} from the driver") != word:
+            pass
+
+    def line(self, timeout: float, what: str = "no command from the driver") -> str:
+        """The next line (stripped); `TimeoutError` after ``timeout`` seconds, `EOFError` if stdin closed."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"no {word!r} from the driver")
-            with gevent.Timeout(remaining, TimeoutError(f"no {word!r} from the driver")):
+                raise TimeoutError(what)
+            with gevent.Timeout(remaining, TimeoutError(what)):
                 chunk = gevent.os.nb_read(self.fd, 4096)
             if not chunk:
                 raise EOFError("the driver went away")
             self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.strip().decode()
 
 
 def emit(event: str, **fields: Any) -> None:
