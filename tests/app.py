@@ -109,6 +109,16 @@ def make_app(**options: Any) -> Callable[..., Iterable[bytes]]:
             return {"disconnects": len(disconnects)}
         return {"error": f"unknown action {action}"}
 
+    app = with_control(rt, control)
+    app.rt = rt  # type: ignore[attr-defined]
+    return app
+
+
+def with_control(
+    rt: Callable[..., Iterable[bytes]], control: Callable[[str, dict[str, str]], Any]
+) -> Callable[..., Iterable[bytes]]:
+    """``rt`` plus ``GET /_control/<action>?...``, answered with ``control(action, query)`` as JSON."""
+
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path.startswith("/_control/"):
@@ -118,7 +128,6 @@ def make_app(**options: Any) -> Callable[..., Iterable[bytes]]:
             return [body]
         return rt(environ, start_response)
 
-    app.rt = rt  # type: ignore[attr-defined]
     return app
 
 

@@ -13,7 +13,6 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
 
 from rtgevent import BearerTokenAuthenticator, Config, Identity, Message, Realtime, Session
 from rtgevent.broker import Broker, broker_from_url
@@ -22,6 +21,7 @@ from rtgevent.delivery import decode_payload
 from rtgevent.errors import RealtimeError
 from rtgevent.presence import presence_from_url
 from rtgevent.types import DisconnectInfo
+from tests.app import with_control
 
 
 class CountingBroker:
@@ -102,13 +102,4 @@ def make_node() -> Callable[..., Iterable[bytes]]:
             return disconnects
         return {"error": f"unknown action {action}"}
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path.startswith("/_control/"):
-            query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-            body = json.dumps(control(path.removeprefix("/_control/"), query)).encode()
-            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
-        return rt(environ, start_response)
-
-    return app
+    return with_control(rt, control)

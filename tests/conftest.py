@@ -34,6 +34,16 @@ SETUPS = ["geventwebsocket", "pywsgi", "gunicorn"]
 WAIT = 20.0
 
 
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll ``predicate`` until truthy; fail (not hang) after ``timeout``."""
+    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
+        while True:
+            value = predicate()
+            if value:
+                return value
+            gevent.sleep(0.02)
+
+
 @dataclasses.dataclass
 class Server:
     kind: str
@@ -59,12 +69,7 @@ class Server:
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
         """Poll ``predicate`` (an HTTP observation) until truthy; fail after ``timeout``."""
-        with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                gevent.sleep(0.02)
+        return wait_until(predicate, what, timeout)
 
     def disconnects(self, count: int = 1) -> list[dict[str, Any]]:
         return self.wait_for(

@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import gevent
@@ -28,11 +27,9 @@ from rtgevent.errors import BrokerUnavailable, InvalidOption
 from rtgevent.presence import MemoryPresence, Presence, presence_from_url
 from rtgevent.presence.redis import RedisPresence
 from rtgevent.types import SessionInfo
+from tests.conftest import ROOT, WAIT, wait_until
 
 REDIS_URL = os.environ.get("RTG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-ROOT = Path(__file__).resolve().parent.parent
-#: generous: the machine is a busy 2-core box
-WAIT = 20.0
 UTC = datetime.UTC
 
 _clock = [datetime.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)]
@@ -55,16 +52,6 @@ def make_info(identity: str = "alice", tenant: str = "acme", node: str = "node-a
 
 def without_expiry(infos: list[SessionInfo]) -> list[SessionInfo]:
     return [dataclasses.replace(i, expires_at=None) for i in infos]
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll ``predicate`` until truthy; fail (not hang) after ``timeout``."""
-    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
-        while True:
-            value = predicate()
-            if value:
-                return value
-            gevent.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------- fixtures
