@@ -1,11 +1,12 @@
-"""``python -m bench [idle] [echo] [cluster] [emitter] [--quick] [--runs N] [--json PATH]``: run and print the table.
+"""``python -m bench [idle] [echo] [fanout] [slow] [cluster] [emitter] [--quick] [--runs N] [--json PATH]``: the table.
 
 For every measurement a fresh server process (``taskset -c 0``) and a fresh load generator
 (``taskset -c 1``) are started, driven phase by phase over the load generator's stdin and
 stdout, and both are stopped by PID in a ``finally`` block.  Within one run the servers under
 test are measured back to back (rtgevent, then Flask-SocketIO) so they share the same
-conditions; each figure in the table is the median over ``--runs`` runs.  The ``cluster`` and
-``emitter`` scenarios (`bench.cluster`) measure rtgevent alone, once per broker.
+conditions; each figure in the table is the median over ``--runs`` runs.  The ``fanout`` and
+``slow`` scenarios live in `bench.fanout`; ``cluster`` and ``emitter`` (`bench.cluster`) measure
+rtgevent alone, once per broker.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -28,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import cluster as cl
-from bench.common import LOADGEN_CPU, ROOT, SERVER_CPU, BenchError, LineReader, fmt, median
-from bench.common import child_env as _env
-from bench.common import stop as _stop
-from bench.proc import cpu_seconds, raise_nofile, rss_kib, system_cpu
+from bench import fanout as fo
+from bench.common import LOADGEN_CPU, ROOT, SERVER_CPU, BenchError, Measurement, fmt, median, wait_connections
+from bench.proc import raise_nofile
 
-SCENARIOS = ("idle", "echo", "cluster", "emitter")
+SCENARIOS = ("idle", "echo", "fanout", "slow", "cluster", "emitter")
 #: what runs when no scenario is named (cluster and emitter need Redis and RabbitMQ)
-DEFAULT_SCENARIOS = ("idle", "echo")
+DEFAULT_SCENARIOS = ("idle", "echo", "fanout", "slow")
 LABELS = {"rtgevent-bare": "rtgevent bare", "rtgevent-full": "rtgevent full", "socketio": "Flask-SocketIO"}
 KIB = 1024
 
@@ -73,116 +71,7 @@ QUICK = Plan(
 )
 
 
-# ---------------------------------------------------------------------- processes
-
-
-class Measurement:
-    """One server process and one load generator process, stopped on exit."""
-
-    def __init__(self, kind: str, loadgen_args: Sequence[str]) -> None:
-        self.kind = kind
-        self.loadgen_args = list(loadgen_args)
-        self.server: subprocess.Popen[bytes] | None = None
-        self.loadgen: subprocess.Popen[bytes] | None = None
-        self.server_log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in __exit__)
-        self.port = 0
-        self._marks: list[tuple[float, float, float, float]] = []
-
-    def __enter__(self) -> Measurement:
-        try:
-            self.server = subprocess.Popen(
-                ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "bench.servers", self.kind, "--port", "0"],
-                stdout=subprocess.PIPE,
-                stderr=self.server_log,
-                stdin=subprocess.DEVNULL,
-                cwd=ROOT,
-                env=_env(),
-            )
-            ready = LineReader(self.server, f"server {self.kind}").line(60)
-            if not ready.startswith("READY "):
-                raise BenchError(f"server {self.kind}: unexpected first line {ready!r}")
-            self.port = int(ready.split()[1])
-            self.loadgen = subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    LOADGEN_CPU,
-                    sys.executable,
-                    "-m",
-                    "bench.loadgen",
-                    self.kind,
-                    "--port",
-                    str(self.port),
-                    *self.loadgen_args,
-                ],
-                stdout=subprocess.PIPE,
-                stdin=subprocess.PIPE,
-                cwd=ROOT,
-                env=_env(),
-            )
-            self.events = LineReader(self.loadgen, f"load generator ({self.kind})")
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            _stop(self.loadgen)
-        finally:
-            try:
-                _stop(self.server)
-            finally:
-                self.server_log.close()
-
-    def tell(self, word: str) -> None:
-        assert self.loadgen is not None and self.loadgen.stdin is not None
-        self.loadgen.stdin.write(word.encode() + b"\n")
-        self.loadgen.stdin.flush()
-
-    def sample(self) -> tuple[float, int, float]:
-        """(server CPU seconds, server RSS KiB, load generator CPU seconds); marks the machine's load."""
-        assert self.server is not None and self.loadgen is not None
-        server, rss, loadgen = cpu_seconds(self.server.pid), rss_kib(self.server.pid), cpu_seconds(self.loadgen.pid)
-        self._marks.append((time.monotonic(), *system_cpu(), server + loadgen))
-        return server, rss, loadgen
-
-    def foreign_load(self) -> dict[str, float]:
-        """Between the first and last `sample`: CPUs used by other processes, and stolen by the hypervisor."""
-        if len(self._marks) < 2:
-            return {"other_cpus": float("nan"), "steal_cpus": float("nan")}
-        (t0, busy0, steal0, ours0), (t1, busy1, steal1, ours1) = self._marks[0], self._marks[-1]
-        wall = max(t1 - t0, 1e-9)
-        return {
-            "other_cpus": max(0.0, (busy1 - busy0) - (ours1 - ours0)) / wall,
-            "steal_cpus": (steal1 - steal0) / wall,
-        }
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_bench/stats", timeout=10) as response:
-            value: dict[str, Any] = json.load(response)
-            return value
-
-    def log_lines(self) -> list[str]:
-        """What the server wrote on stderr (tracebacks, warnings): empty when all went well."""
-        self.server_log.seek(0)
-        text = self.server_log.read().decode(errors="replace")
-        return [line for line in text.splitlines() if line.strip()]
-
-
 # ---------------------------------------------------------------------- scenarios
-
-
-def wait_connections(m: Measurement, want: int, timeout: float) -> int:
-    """Poll the server until it counts ``want`` connections (or the timeout); the last count."""
-    deadline = time.monotonic() + timeout
-    count = -1
-    while time.monotonic() < deadline:
-        count = int(m.stats().get("connections", -1))
-        if count >= want:
-            break
-        time.sleep(0.25)
-    return count
 
 
 def measure_idle(kind: str, conns: int, plan: Plan) -> dict[str, Any]:
@@ -464,12 +353,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the benchmark reads /proc and uses taskset: Linux only")
     plan = QUICK if args.quick else FULL
     cplan = cl.CLUSTER_QUICK if args.quick else cl.CLUSTER_FULL
+    bplans = {
+        "fanout": fo.FANOUT_QUICK if args.quick else fo.FANOUT_FULL,
+        "slow": fo.SLOW_QUICK if args.quick else fo.SLOW_FULL,
+    }
     raise_nofile(1024)
 
     source = source_state()
     idle: list[dict[str, Any]] = []
     echo: list[dict[str, Any]] = []
     multi: dict[str, list[dict[str, Any]]] = {"cluster": [], "emitter": []}
+    broadcasts: dict[str, list[dict[str, Any]]] = {"fanout": [], "slow": []}
     failures: list[str] = []
     started = time.monotonic()
 
@@ -510,6 +404,19 @@ def main(argv: list[str] | None = None) -> int:
                         f"server {r['server_cpu_us_per_msg']:6.1f} µs/msg  "
                         f"loadgen {r['loadgen_cpu_us_per_msg']:6.1f} µs/msg"
                     )
+        for scenario, bplan in bplans.items():
+            if scenario not in scenarios:
+                continue
+            for kind in fo.KINDS:
+                try:
+                    r = fo.measure(kind, scenario, bplan)
+                except (BenchError, OSError) as exc:
+                    failures.append(f"run {run} {scenario} {kind}: {exc}")
+                    progress(failures[-1])
+                    continue
+                r["run"] = run
+                broadcasts[scenario].append(r)
+                progress(f"run {run} {fo.progress_line(r)}")
         for scenario, measure in (("cluster", cl.measure_cluster), ("emitter", cl.measure_emitter)):
             if scenario not in scenarios:
                 continue
@@ -544,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         out += [f"Echo, {plan.echo_clients} clients in closed loop (target for full / bare: <= 1.2x server CPU)", ""]
         out += [*echo_table(echo, plan.echo_sizes), ""]
         out += [*targets(echo, plan.echo_sizes), ""]
+    for scenario, results in broadcasts.items():
+        if results:
+            out += [fo.heading(scenario, bplans[scenario]), ""]
+            out += [*fo.table(scenario, results), ""]
+            out += [*fo.targets(scenario, results, bplans[scenario]), ""]
     if multi["cluster"]:
         out += [cl.heading("cluster", cplan), ""]
         out += [*cl.table("cluster", multi["cluster"], cplan), ""]
@@ -552,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         out += [cl.heading("emitter", cplan), ""]
         out += [*cl.table("emitter", multi["emitter"], cplan), "", cl.NO_COUNTERPART, ""]
     multi_any = bool(multi["cluster"] or multi["emitter"])
-    everything = [*idle, *echo, *multi["cluster"], *multi["emitter"]]
+    everything = [*idle, *echo, *broadcasts["fanout"], *broadcasts["slow"], *multi["cluster"], *multi["emitter"]]
     if everything:
         other = [r["other_cpus"] for r in everything]
         steal = [r["steal_cpus"] for r in everything]
@@ -562,13 +474,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{fmt(median(other))}, max {fmt(max(other))}; hypervisor steal: median {fmt(median(steal))}, "
             f"max {fmt(max(steal))}"
         )
-    notes = anomalies(idle, echo) + cl.anomalies([*multi["cluster"], *multi["emitter"]]) + failures
+    notes = (
+        anomalies(idle, echo)
+        + fo.anomalies([*broadcasts["fanout"], *broadcasts["slow"]], bplans)
+        + cl.anomalies([*multi["cluster"], *multi["emitter"]])
+        + failures
+    )
     out += ["Checks: " + ("none failed" if not notes else f"{len(notes)} problem(s)"), *(f"- {n}" for n in notes)]
     out.append(f"(total {time.monotonic() - started:.0f} s)")
     print("\n".join(out))
     if args.json is not None:
         args.json.write_text(
-            json.dumps({"conditions": conds, "idle": idle, "echo": echo, **multi, "failures": failures}, indent=1)
+            json.dumps(
+                {"conditions": conds, "idle": idle, "echo": echo, **broadcasts, **multi, "failures": failures},
+                indent=1,
+            )
         )
     return 1 if failures else 0
 

@@ -12,10 +12,15 @@ import os
 import select
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from bench.proc import cpu_seconds, rss_kib, system_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CPU = "0"
@@ -111,3 +116,110 @@ def call_figures(durations: list[float]) -> dict[str, float]:
         return durations[min(len(durations) - 1, round(q * (len(durations) - 1)))] * 1000
 
     return {"call_p50_ms": at(0.50), "call_p99_ms": at(0.99), "call_max_ms": durations[-1] * 1000}
+
+
+class Measurement:
+    """One server process and one load generator process, stopped on exit."""
+
+    def __init__(self, kind: str, loadgen_args: Sequence[str], loadgen_module: str = "bench.loadgen") -> None:
+        self.kind = kind
+        self.loadgen_args = list(loadgen_args)
+        self.loadgen_module = loadgen_module
+        self.server: subprocess.Popen[bytes] | None = None
+        self.loadgen: subprocess.Popen[bytes] | None = None
+        self.server_log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in __exit__)
+        self.port = 0
+        self._marks: list[tuple[float, float, float, float]] = []
+
+    def __enter__(self) -> Measurement:
+        try:
+            self.server = subprocess.Popen(
+                ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "bench.servers", self.kind, "--port", "0"],
+                stdout=subprocess.PIPE,
+                stderr=self.server_log,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=child_env(),
+            )
+            ready = LineReader(self.server, f"server {self.kind}").line(60)
+            if not ready.startswith("READY "):
+                raise BenchError(f"server {self.kind}: unexpected first line {ready!r}")
+            self.port = int(ready.split()[1])
+            self.loadgen = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    LOADGEN_CPU,
+                    sys.executable,
+                    "-m",
+                    self.loadgen_module,
+                    self.kind,
+                    "--port",
+                    str(self.port),
+                    *self.loadgen_args,
+                ],
+                stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                cwd=ROOT,
+                env=child_env(),
+            )
+            self.events = LineReader(self.loadgen, f"load generator ({self.kind})")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            stop(self.loadgen)
+        finally:
+            try:
+                stop(self.server)
+            finally:
+                self.server_log.close()
+
+    def tell(self, word: str) -> None:
+        assert self.loadgen is not None and self.loadgen.stdin is not None
+        self.loadgen.stdin.write(word.encode() + b"\n")
+        self.loadgen.stdin.flush()
+
+    def sample(self) -> tuple[float, int, float]:
+        """(server CPU seconds, server RSS KiB, load generator CPU seconds); marks the machine's load."""
+        assert self.server is not None and self.loadgen is not None
+        server, rss, loadgen = cpu_seconds(self.server.pid), rss_kib(self.server.pid), cpu_seconds(self.loadgen.pid)
+        self._marks.append((time.monotonic(), *system_cpu(), server + loadgen))
+        return server, rss, loadgen
+
+    def foreign_load(self) -> dict[str, float]:
+        """Between the first and last `sample`: CPUs used by other processes, and stolen by the hypervisor."""
+        if len(self._marks) < 2:
+            return {"other_cpus": float("nan"), "steal_cpus": float("nan")}
+        (t0, busy0, steal0, ours0), (t1, busy1, steal1, ours1) = self._marks[0], self._marks[-1]
+        wall = max(t1 - t0, 1e-9)
+        return {
+            "other_cpus": max(0.0, (busy1 - busy0) - (ours1 - ours0)) / wall,
+            "steal_cpus": (steal1 - steal0) / wall,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_bench/stats", timeout=10) as response:
+            value: dict[str, Any] = json.load(response)
+            return value
+
+    def log_lines(self) -> list[str]:
+        """What the server wrote on stderr (tracebacks, warnings): empty when all went well."""
+        self.server_log.seek(0)
+        text = self.server_log.read().decode(errors="replace")
+        return [line for line in text.splitlines() if line.strip()]
+
+
+def wait_connections(m: Measurement, want: int, timeout: float) -> int:
+    """Poll the server until it counts ``want`` connections (or the timeout); the last count."""
+    deadline = time.monotonic() + timeout
+    count = -1
+    while time.monotonic() < deadline:
+        count = int(m.stats().get("connections", -1))
+        if count >= want:
+            break
+        time.sleep(0.25)
+    return count

@@ -14,7 +14,10 @@ Kinds:
 rtgevent is served at ``/ws`` by plain ``gevent.pywsgi.WSGIServer`` (the framework does the
 handshake itself); Flask-SocketIO at ``/socket.io/``.  Both servers log no access lines.
 ``GET /_bench/stats`` answers JSON counters (rtgevent: ``rt.stats()``; Flask-SocketIO: the
-number of Engine.IO sockets) so the driver can check that every connection is really there.
+number of Engine.IO sockets) so the driver can check that every connection is really there,
+plus what the broadcaster did and every session that ended since it started (`Broadcaster`).
+``POST /_bench/broadcast?count=N&interval=S&size=B`` starts the broadcaster of the ``fanout``
+and ``slow`` scenarios (``rtgevent-full``: ``rt.broadcast``; ``socketio``: ``socketio.emit``).
 
 The process prints ``READY <port>`` once listening and serves until SIGTERM or SIGINT.
 """
@@ -29,6 +32,8 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.parse  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -45,14 +50,70 @@ KINDS = ("rtgevent-bare", "rtgevent-full", "socketio")
 BACKLOG = 2048
 
 
-def _json_response(start_response: Callable[..., Any], value: Any) -> list[bytes]:
+def _json_response(start_response: Callable[..., Any], value: Any, status: str = "200 OK") -> list[bytes]:
     body = json.dumps(value).encode()
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 
 
+class Broadcaster:
+    """The server side of the ``fanout`` and ``slow`` scenarios: one greenlet broadcasting on request.
+
+    Message ``i`` is sent at ``start + i * interval`` (``interval`` 0: back to back, yielding
+    to the hub after each broadcast so the writers run, as any greenlet that loops over
+    broadcasts would).  Its data is ``"<i>:<CLOCK_MONOTONIC>:"`` padded with ``x`` to ``size``
+    bytes; the load generator, on the same machine, reads the clock at arrival.  Sessions that
+    end while it runs are recorded with their close code, reason and time since the start, so
+    the driver can tell how the slow consumers were closed.
+    """
+
+    def __init__(self, send: Callable[[str], None]) -> None:
+        self.send = send
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.sent = 0
+        self.closes: list[dict[str, Any]] = []
+
+    def start(self, count: int, interval: float, size: int) -> None:
+        if self.started is not None and self.finished is None:
+            raise RuntimeError("a broadcast is already running")
+        self.started, self.finished, self.sent = time.monotonic(), None, 0
+        self.closes.clear()
+        gevent.spawn(self._run, count, interval, size)
+
+    def _run(self, count: int, interval: float, size: int) -> None:
+        assert self.started is not None
+        start = self.started
+        for i in range(count):
+            gevent.sleep(max(0.0, start + i * interval - time.monotonic()))
+            stamp = f"{i}:{time.monotonic():.6f}:"
+            self.send(stamp + "x" * (size - len(stamp)))
+            self.sent += 1
+        self.finished = time.monotonic()
+
+    def closed(self, code: int | None, reason: str) -> None:
+        if self.started is not None:
+            self.closes.append({"code": code, "reason": reason, "after": time.monotonic() - self.started})
+
+    def stats(self) -> dict[str, Any]:
+        seconds = None if self.started is None or self.finished is None else self.finished - self.started
+        return {"broadcast_sent": self.sent, "broadcast_seconds": seconds, "closes": list(self.closes)}
+
+    def handle(self, query: str) -> tuple[str, dict[str, Any]]:
+        """``POST /_bench/broadcast``: (HTTP status, JSON body)."""
+        try:
+            args = {k: v[0] for k, v in urllib.parse.parse_qs(query).items()}
+            count, interval, size = int(args["count"]), float(args["interval"]), int(args["size"])
+            if not (0 < count <= 100_000 and 0 <= interval <= 10 and 32 <= size <= 1 << 20):
+                raise ValueError("count, interval or size out of bounds")
+            self.start(count, interval, size)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            return "400 Bad Request", {"error": str(exc)}
+        return "202 Accepted", {"started": True}
+
+
 def make_rtgevent(kind: str) -> WSGIApp:
-    from rtgevent import Config, Message, Realtime, Session, recovery
+    from rtgevent import Config, DisconnectInfo, Message, Realtime, Session, recovery
 
     # max_connections: the default cap (10,000) would refuse part of the 10,000-connection scenario
     # (a warm-up connection may still be closing); everything else is the default Config.
@@ -83,28 +144,48 @@ def make_rtgevent(kind: str) -> WSGIApp:
         def echo(session: Session, msg: Message) -> Any:
             return msg.data
 
+    broadcaster = Broadcaster(lambda data: rt.broadcast("tick", data))
+
+    @rt.on_disconnect
+    def ended(session: Session, info: DisconnectInfo) -> None:
+        broadcaster.closed(info.code, f"{info.initiator}: {info.reason}")
+
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/_bench/stats":
-            return _json_response(start_response, rt.stats())
+        path = environ.get("PATH_INFO")
+        if path == "/_bench/stats":
+            return _json_response(start_response, {**rt.stats(), **broadcaster.stats()})
+        if path == "/_bench/broadcast" and environ.get("REQUEST_METHOD") == "POST":
+            status, body = broadcaster.handle(environ.get("QUERY_STRING", ""))
+            return _json_response(start_response, body, status)
         return rt(environ, start_response)
 
     return app
 
 
 def make_socketio() -> WSGIApp:
-    from flask import Flask
+    from flask import Flask, Response, request
     from flask_socketio import SocketIO  # type: ignore[import-untyped]
 
     app = Flask(__name__)
     socketio = SocketIO(app, async_mode="gevent")
+    broadcaster = Broadcaster(lambda data: socketio.emit("tick", data))
 
     @socketio.on("echo")  # type: ignore[untyped-decorator]
     def echo(data: Any) -> Any:
         return data
 
+    @socketio.on("disconnect")  # type: ignore[untyped-decorator]
+    def ended(reason: Any = None) -> None:
+        broadcaster.closed(None, str(reason))
+
     @app.route("/_bench/stats")
     def stats() -> Any:
-        return {"connections": len(socketio.server.eio.sockets)}
+        return {"connections": len(socketio.server.eio.sockets), **broadcaster.stats()}
+
+    @app.post("/_bench/broadcast")
+    def broadcast() -> Any:
+        status, body = broadcaster.handle(request.query_string.decode())
+        return Response(json.dumps(body), status=status, mimetype="application/json")
 
     wsgi: WSGIApp = app
     return wsgi
