@@ -45,6 +45,8 @@ STAMP = re.compile(rb'"(\d+):(\d+\.\d+):')
 #: bytes kept of each data frame: enough for the envelope's head and the stamp
 HEAD = 96
 READ_SIZE = 1 << 16
+#: lazy reads between two looks at the probes during a sweep
+SWEEP_SLICE = 32
 PING, PONG, CLOSE = 0x9, 0xA, 0x8
 
 
@@ -152,18 +154,23 @@ def read_phase(streams: list[Stream], want: int, time_limit: float, sweep: float
             if stream.probe or len(data) < READ_SIZE:
                 return
 
+    def read_probes(timeout: float) -> None:
+        for fd, _ in poller.poll(timeout):
+            if fd in pending:
+                read(fd)
+
     try:
         while pending:
             now = monotonic()
             if now >= deadline:
                 break
-            for fd, _ in poller.poll(max(0.0, min(next_sweep, deadline) - now)):
-                if fd in pending:
-                    read(fd)
+            read_probes(max(0.0, min(next_sweep, deadline) - now))
             if monotonic() >= next_sweep:
                 lazy = [fd for fd in lazy if fd in pending]
-                for fd in lazy:
+                for n, fd in enumerate(lazy, 1):
                     read(fd)
+                    if n % SWEEP_SLICE == 0:
+                        read_probes(0)  # a sweep must not delay the probes
                 next_sweep = monotonic() + sweep
     finally:
         poller.close()
