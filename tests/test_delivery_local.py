@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,18 @@ def test_send_to_identity_reaches_exactly_that_identity(serve_realtime: Callable
         rt.send_to_identity("other-tenant", "alice", "note", {})
     for ws in (a1, a2, b):
         ws.close()
+
+
+def test_sessions_write_without_waiting_for_the_clients_ack(serve_realtime: Callable[[Any], Server]) -> None:
+    """TCP_NODELAY on every session: a small frame never waits for the client's delayed ACK (~40 ms)."""
+    rt = make_rt()
+    hello(rt)
+    server = serve_realtime(rt)
+    ws = login(server, "alice")
+    [session] = rt.get_identity_sessions("acme", "alice")
+    conn = rt._hub.get(session.session_id)._conn  # the socket is not public
+    assert conn is not None and conn._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    ws.close()
 
 
 def test_broadcast_reaches_every_session_once_even_with_compression(serve_realtime: Callable[[Any], Server]) -> None:
