@@ -70,10 +70,12 @@ def test_sessions_write_without_waiting_for_the_clients_ack(serve_realtime: Call
     hello(rt)
     server = serve_realtime(rt)
     ws = login(server, "alice")
-    [session] = rt.get_identity_sessions("acme", "alice")
-    conn = rt._hub.get(session.session_id)._conn  # the socket is not public
-    assert conn is not None and conn._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    ws.close()
+    try:
+        [session] = rt.get_identity_sessions("acme", "alice")
+        conn = rt._hub.get(session.session_id)._conn  # the socket is not public
+        assert conn is not None and conn._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        ws.close()
 
 
 def test_broadcast_reaches_every_session_once_even_with_compression(serve_realtime: Callable[[Any], Server]) -> None:
