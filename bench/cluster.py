@@ -387,10 +387,19 @@ def measure_emitter(broker: str, plan: ClusterPlan) -> dict[str, Any]:
         client.lines.event("ready", 60)
         sender = Child(
             "emitter",
-            ["-m", "bench.emitter_sender", url, PRESENCE_URL, namespace, "--threads", str(plan.emitter_threads),
-             "--identities", *identities],
+            [
+                "-m",
+                "bench.emitter_sender",
+                url,
+                PRESENCE_URL,
+                namespace,
+                "--threads",
+                str(plan.emitter_threads),
+                "--identities",
+                *identities,
+            ],
             LOADGEN_CPU,
-        )  # fmt: skip
+        )
         stack.callback(sender.close)
         sender.lines.event("ready", 60)
         meter = Meter({"node": node, "client": client, "emitter": sender})
@@ -413,8 +422,11 @@ def measure_emitter(broker: str, plan: ClusterPlan) -> dict[str, Any]:
         result["gevent_free"] = bool(sender.lines.event("closed", 30).get("gevent_free"))
         client.tell("close")
         client.lines.event("closed", 30)
-        result["logs"] = {"node": node.problems()[:10], "emitter": sender.problems()[:10],
-                          "client": client.problems()[:10]}  # fmt: skip
+        result["logs"] = {
+            "node": node.problems()[:10],
+            "emitter": sender.problems()[:10],
+            "client": client.problems()[:10],
+        }
     _finish(result, plan)
     return result
 
@@ -478,8 +490,9 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
         p99 = median([r["paced_p99_ms"] for r in results if r["broker"] == key])
         if not (math.isfinite(p50) and math.isfinite(p99)):
             continue
-        missed = [name for name, value, goal in (("p50", p50, TARGET_P50_MS), ("p99", p99, TARGET_P99_MS))
-                  if value > goal]  # fmt: skip
+        missed = [
+            name for name, value, goal in (("p50", p50, TARGET_P50_MS), ("p99", p99, TARGET_P99_MS)) if value > goal
+        ]
         verdict = "met" if not missed else f"MISSED ({', '.join(missed)})"
         lines.append(
             f"Target cross-node latency p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms, {label}: "

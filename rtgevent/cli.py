@@ -108,8 +108,10 @@ def _emit(args: argparse.Namespace) -> int:
     from .errors import RealtimeError
 
     if not args.broker or not args.presence:
-        print("rtgevent: --broker and --presence (or RTGEVENT_BROKER_URL / RTGEVENT_PRESENCE_URL) are required",
-              file=sys.stderr)
+        print(
+            "rtgevent: --broker and --presence (or RTGEVENT_BROKER_URL / RTGEVENT_PRESENCE_URL) are required",
+            file=sys.stderr,
+        )
         return 2
     try:
         with Emitter(args.broker, args.presence, namespace=args.namespace) as emitter:

@@ -90,9 +90,7 @@ class Config:
             raise InvalidOption("backpressure", f"expected a Backpressure, got {self.backpressure!r}")
         if not isinstance(self.node_id, str) or not self.node_id or not self.node_id.isprintable():
             raise InvalidOption("node_id", f"must be a non-empty printable string, got {self.node_id!r}")
-        if isinstance(self.origin_patterns, str) or not all(
-            isinstance(p, str) and p for p in self.origin_patterns
-        ):
+        if isinstance(self.origin_patterns, str) or not all(isinstance(p, str) and p for p in self.origin_patterns):
             raise InvalidOption("origin_patterns", "must be a list of non-empty strings")
         self.origin_patterns = list(self.origin_patterns)
         if self.session_policy not in _SESSION_POLICIES:
@@ -113,7 +111,7 @@ class Config:
         for key, value in mapping.items():
             if not key.startswith(prefix):
                 continue
-            name = key[len(prefix):].lower()
+            name = key[len(prefix) :].lower()
             if name not in fields:
                 raise InvalidOption(key, "not a rtgevent setting")
             values[name] = value

@@ -90,8 +90,11 @@ class KombuEvents:
         if len(self._pending) >= self._max_pending:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("rtgevent: backend event queue full (%d pending): %d events dropped", len(self._pending),
-                          self.dropped)
+                log.error(
+                    "rtgevent: backend event queue full (%d pending): %d events dropped",
+                    len(self._pending),
+                    self.dropped,
+                )
             return
         event = {
             "v": VERSION,
@@ -170,10 +173,15 @@ class KombuEvents:
 def parse_event(body: Any) -> dict[str, Any]:
     """Validate one event as consumed; `InvalidBrokerMessage` for anything else."""
     event = json.loads(body) if isinstance(body, (bytes, str)) else body
-    if not isinstance(event, Mapping) or event.get("v") != VERSION or event.get("type") not in (
-        "enter",
-        "message",
-        "leave",
+    if (
+        not isinstance(event, Mapping)
+        or event.get("v") != VERSION
+        or event.get("type")
+        not in (
+            "enter",
+            "message",
+            "leave",
+        )
     ):
         raise InvalidBrokerMessage(f"not a backend event: {body!r:.200}")
     return dict(event)

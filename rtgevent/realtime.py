@@ -424,8 +424,14 @@ class Realtime:
                 self._publish_identity_nodes(
                     identity.tenant_id,
                     identity.id,
-                    BrokerPayload("kick", self.node_id, tenant=identity.tenant_id, identity=identity.id,
-                                  code=4001, reason="replaced by a new session"),
+                    BrokerPayload(
+                        "kick",
+                        self.node_id,
+                        tenant=identity.tenant_id,
+                        identity=identity.id,
+                        code=4001,
+                        reason="replaced by a new session",
+                    ),
                 )
             except Exception as exc:
                 self._report(exc, session)
@@ -434,9 +440,8 @@ class Realtime:
         initiator, code, reason, error = outcome
         if registered:
             self._unregister(session)
-        expected = (
-            initiator in (Initiator.SERVER, Initiator.SHUTDOWN, Initiator.REPLACED)
-            or (initiator is Initiator.CLIENT and code in _EXPECTED_CLIENT_CODES)
+        expected = initiator in (Initiator.SERVER, Initiator.SHUTDOWN, Initiator.REPLACED) or (
+            initiator is Initiator.CLIENT and code in _EXPECTED_CLIENT_CODES
         )
         info = DisconnectInfo(error, code, reason, expected, initiator)
         session._finish(info)

@@ -51,4 +51,3 @@ class Router(Generic[H]):
         out._prefixes = [(p, wrap(h)) for p, h in self._prefixes]
         out.fallback = wrap(self.fallback) if self.fallback is not None else None
         return out
-

@@ -108,7 +108,7 @@ class TestClient:
 
     def get_received(self) -> list[Message]:
         """Messages sent to this session since the last call, decoded."""
-        items = self._sink.items[self._seen:]
+        items = self._sink.items[self._seen :]
         self._seen = len(self._sink.items)
         return [self._rt.codec.decode(item) for item in items]
 

@@ -47,9 +47,9 @@ def cluster() -> Iterator[Callable[..., list[ServeProcess]]]:
     nodes: list[ServeProcess] = []
     namespaces: list[tuple[str, str]] = []
 
-    def factory(n: int, *, broker: str, presence: str = REDIS, namespace: str | None = None, **spec: Any) -> list[
-        ServeProcess
-    ]:
+    def factory(
+        n: int, *, broker: str, presence: str = REDIS, namespace: str | None = None, **spec: Any
+    ) -> list[ServeProcess]:
         ns = namespace or f"rtgtest-{uuid.uuid4().hex[:10]}"
         namespaces.append((ns, presence))
         env = {"RTG_CLUSTER": json.dumps({"broker": broker, "presence": presence, "namespace": ns, **spec})}
@@ -88,5 +88,3 @@ class Client:
 
     def close(self) -> None:
         self.ws.close()
-
-

@@ -142,9 +142,18 @@ def launch_gunicorn(*args: str, env: dict[str, str] | None = None) -> Gunicorn:
 def start_gunicorn(*, worker: str = "gevent", extra_args: tuple[str, ...] = (), **config: Any) -> Server:
     """The test app (tests/app.py) under gunicorn with the drain hook; returns once a worker answers."""
     g = launch_gunicorn(
-        "-k", worker, "-w", "1", "-c", "python:rtgevent.gunicorn", "--graceful-timeout", "10", *extra_args,
-        "tests.app:app_from_env()", env={"RTG_TEST_CONFIG": json.dumps(config)},
-    )  # fmt: skip
+        "-k",
+        worker,
+        "-w",
+        "1",
+        "-c",
+        "python:rtgevent.gunicorn",
+        "--graceful-timeout",
+        "10",
+        *extra_args,
+        "tests.app:app_from_env()",
+        env={"RTG_TEST_CONFIG": json.dumps(config)},
+    )
     server = Server("gunicorn", "127.0.0.1", g.port, g.stop, process=g.proc, log=g.log)
     # the worker boots after the master listens: wait until it answers
     server.wait_for(lambda: _answers(server), what="gunicorn worker")

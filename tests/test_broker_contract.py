@@ -49,7 +49,7 @@ UNREACHABLE = {
 }
 REAL = ["redis", "kombu-amqp", "kombu-redis"]
 ALL = ["local", *REAL]
-TEXT = "héllo wörld ✓ 日本語 🎉 \"quoted\" \\ \u2028"
+TEXT = 'héllo wörld ✓ 日本語 🎉 "quoted" \\ \u2028'
 
 _reachable: dict[str, bool] = {}
 
@@ -319,9 +319,17 @@ def test_broker_from_url_picks_the_implementation(url: str, cls: type) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["", "nonsense", "ftp://example.com/", "http://127.0.0.1:5672/", "kafka://x:9092", "redis:/no-slashes",
-            "kombu+sqs://x"],
-)  # fmt: skip
+    "url",
+    [
+        "",
+        "nonsense",
+        "ftp://example.com/",
+        "http://127.0.0.1:5672/",
+        "kafka://x:9092",
+        "redis:/no-slashes",
+        "kombu+sqs://x",
+    ],
+)
 def test_broker_from_url_rejects_unknown_schemes(url: str) -> None:
     """A malformed URL or an unknown scheme is an InvalidOption, raised at once."""
     with pytest.raises(InvalidOption):
@@ -435,12 +443,16 @@ def kill_consumer_connection(kind: str, broker: Broker) -> None:
             pytest.skip("rabbitmqctl is not available to close a connection server-side")
         listing = subprocess.run(
             [ctl, "-q", "list_connections", "--no-table-headers", "pid", "client_properties"],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         pids = [line.split("\t", 1)[0] for line in listing.splitlines() if f'{{"connection_name","{name}"}}' in line]
         assert len(pids) == 1, listing
-        subprocess.run([ctl, "-q", "close_connection", pids[0], "contract test"], check=True, timeout=60,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [ctl, "-q", "close_connection", pids[0], "contract test"], check=True, timeout=60, capture_output=True
+        )
         return
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
     try:
@@ -505,8 +517,10 @@ class FreezingProxy:
             server = socket.create_connection(self.upstream)
             pair: dict[str, Any] = {"frozen": False, "socks": (client, server)}
             self.pairs.append(pair)
-            self.greenlets += [gevent.spawn(self._pump, pair, client, server),
-                               gevent.spawn(self._pump, pair, server, client)]  # fmt: skip
+            self.greenlets += [
+                gevent.spawn(self._pump, pair, client, server),
+                gevent.spawn(self._pump, pair, server, client),
+            ]
 
     @staticmethod
     def _pump(pair: dict[str, Any], src: socket.socket, dst: socket.socket) -> None:
@@ -540,8 +554,11 @@ def test_silent_consumer_connection_is_detected(
     caplog.set_level(logging.INFO, logger="rtgevent.broker")
     proxy = FreezingProxy(("127.0.0.1", 6379 if kind == "redis" else 5672))
     try:
-        url = URLS[kind].replace("127.0.0.1:6379", f"127.0.0.1:{proxy.port}").replace(
-            "127.0.0.1:5672", f"127.0.0.1:{proxy.port}")  # fmt: skip
+        url = (
+            URLS[kind]
+            .replace("127.0.0.1:6379", f"127.0.0.1:{proxy.port}")
+            .replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+        )
         options: dict[str, Any] = (
             {"health_check_interval": 0.5, "socket_timeout": 1.0} if kind == "redis" else {"heartbeat": 1.0}
         )
@@ -600,23 +617,35 @@ def test_rabbitmq_topology(namespace: str) -> None:
         broker.subscribe(node_topic("n1"), Inbox())
         queues = subprocess.run(
             [ctl, "-q", "list_queues", "--no-table-headers", "name", "arguments", "exclusive", "durable"],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         line = next(line for line in queues.splitlines() if line.startswith(broker.queue_name))
-        for arg in ('{"x-expires",30000}', '{"x-message-ttl",5000}', '{"x-max-length",100}',
-                    '{"x-overflow","drop-head"}'):  # fmt: skip
+        for arg in (
+            '{"x-expires",30000}',
+            '{"x-message-ttl",5000}',
+            '{"x-max-length",100}',
+            '{"x-overflow","drop-head"}',
+        ):
             assert arg in line, line
         assert line.endswith("\tfalse\tfalse"), line  # neither exclusive nor durable
         assert [q for q in queues.splitlines() if q.startswith(f"{namespace}.q.")] == [line]
         bindings = subprocess.run(
             [ctl, "-q", "list_bindings", "--no-table-headers", "source_name", "destination_name", "routing_key"],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         mine = sorted(b for b in bindings.splitlines() if b.startswith(f"{namespace}."))
-        assert mine == sorted([
-            f"{namespace}.broadcast\t{broker.queue_name}\t",
-            f"{namespace}.direct\t{broker.queue_name}\t{node_topic('n1')}",
-        ])  # fmt: skip
+        assert mine == sorted(
+            [
+                f"{namespace}.broadcast\t{broker.queue_name}\t",
+                f"{namespace}.direct\t{broker.queue_name}\t{node_topic('n1')}",
+            ]
+        )
     finally:
         broker.close()
         cleanup(namespace, [broker])
@@ -643,15 +672,19 @@ print(json.dumps({"errors": errors, "patched": monkey.is_anything_patched()}))
 """
 
 
-def test_publish_from_plain_threads_without_gevent(real_node: Callable[..., Broker], real_kind: str,
-                                                   namespace: str) -> None:  # fmt: skip
+def test_publish_from_plain_threads_without_gevent(
+    real_node: Callable[..., Broker], real_kind: str, namespace: str
+) -> None:
     """publish() is thread-safe and needs no monkey-patching (the Emitter's use)."""
     inbox = Inbox()
     real_node().subscribe(node_topic("emit"), inbox)
     result = subprocess.run(
         [sys.executable, "-c", CHILD, URLS[real_kind], namespace, node_topic("emit")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"errors": [], "patched": False}
@@ -659,4 +692,3 @@ def test_publish_from_plain_threads_without_gevent(real_node: Callable[..., Brok
     assert sorted((m["t"], m["n"]) for m in got) == [(t, n) for t in range(4) for n in range(25)]
     for t in range(4):  # one thread's messages in its order, whichever pooled connection each took
         assert [m["n"] for m in got if m["t"] == t] == list(range(25))
-

@@ -22,7 +22,7 @@ def test_text_and_binary_echo_intact(serve, size: int) -> None:
     """Text and binary messages of 0 B to 1 MiB come back byte for byte."""
     server = serve(read_limit=2 << 20)
     ws = connect(server)
-    text = ("é" * (size // 2) + "x" * (size % 2))
+    text = "é" * (size // 2) + "x" * (size % 2)
     ws.send(text)
     assert ws.recv() == text
     blob = os.urandom(size)

@@ -56,14 +56,22 @@ def test_two_servers_and_the_sync_sender(namespace: str) -> None:
         assert client.recv().data == {"text": "from the other server"}
         sender = subprocess.run(
             [sys.executable, "examples/sync_sender.py", "alice", "from a script"],
-            cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True, timeout=WAIT * 3,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=dict(os.environ, **env),
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 3,
+        )
         assert sender.returncode == 0, sender.stderr
         assert client.recv().data == {"text": "from a script"}
         offline = subprocess.run(
             [sys.executable, "examples/sync_sender.py", "nobody", "hello?"],
-            cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True, timeout=WAIT * 3,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=dict(os.environ, **env),
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 3,
+        )
         assert offline.returncode == 1 and "offline" in offline.stdout
         assert post(two.port, "/notify", user="nobody")[0] == 404
         client.close()

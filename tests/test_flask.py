@@ -228,9 +228,16 @@ def test_register_time_prefix_moves_the_endpoint(served: Any) -> None:
 def start_gunicorn(worker: str) -> tuple[subprocess.Popen[bytes], int, list[str]]:
     """gunicorn serving `gunicorn_app` with ``worker``."""
     g = launch_gunicorn(
-        "-k", worker, "-w", "1", "-c", "python:rtgevent.gunicorn", "--graceful-timeout", "5",
+        "-k",
+        worker,
+        "-w",
+        "1",
+        "-c",
+        "python:rtgevent.gunicorn",
+        "--graceful-timeout",
+        "5",
         "tests.test_flask:gunicorn_app()",
-    )  # fmt: skip
+    )
     return g.proc, g.port, g.log
 
 

@@ -205,6 +205,9 @@ def test_write_timeout_drops_a_stalled_client(serve_local) -> None:
             break
     [info] = server.disconnects()
     assert (info["session"], info["initiator"], info["reason"], info["expected"]) == (
-        slow_id, "error", "write timeout", False
+        slow_id,
+        "error",
+        "write timeout",
+        False,
     )
     slow.close()

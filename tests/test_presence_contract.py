@@ -563,9 +563,13 @@ def test_presence_from_url_rejects_unknown_options() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"ttl": 0}, "ttl"), ({"socket_timeout": -1}, "socket_timeout"), ({"retries": -1}, "retries"),
-     ({"namespace": ""}, "namespace")],
-)  # fmt: skip
+    [
+        ({"ttl": 0}, "ttl"),
+        ({"socket_timeout": -1}, "socket_timeout"),
+        ({"retries": -1}, "retries"),
+        ({"namespace": ""}, "namespace"),
+    ],
+)
 def test_redis_presence_validates_its_options(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidOption) as caught:
         RedisPresence(REDIS_URL, **kwargs)

@@ -370,8 +370,16 @@ def test_valid_close_codes_are_echoed(serve: Callable[..., Server]) -> None:
     """A close with a valid code is echoed with the same payload, TCP closed, reported as a client close."""
     server = serve(heartbeat_interval=None)
     cases = Cases(server)
-    for code, reason in ((1000, ""), (1001, "going away"), (1003, ""), (1008, "policy"), (1011, ""),
-                         (3000, "registered"), (4000, "adiós ✓"), (4999, "private")):  # fmt: skip
+    for code, reason in (
+        (1000, ""),
+        (1001, "going away"),
+        (1003, ""),
+        (1008, "policy"),
+        (1011, ""),
+        (3000, "registered"),
+        (4000, "adiós ✓"),
+        (4999, "private"),
+    ):
         client = None
         with cases.case(f"close {code}"):
             client = cases.open()
@@ -443,9 +451,11 @@ def test_handshake_101_headers(serve: Callable[..., Server]) -> None:
         ("RFC sample key", {"Sec-WebSocket-Key": rfc_key}),
         ("random key", {"Sec-WebSocket-Key": random_key}),
         # browsers send "Connection: keep-alive, Upgrade" (Firefox) and header values are case-insensitive
-        ("token lists, mixed case", {"Sec-WebSocket-Key": random_key, "Connection": "keep-alive, Upgrade",
-                                     "Upgrade": "WebSocket"}),
-    ]  # fmt: skip
+        (
+            "token lists, mixed case",
+            {"Sec-WebSocket-Key": random_key, "Connection": "keep-alive, Upgrade", "Upgrade": "WebSocket"},
+        ),
+    ]
     for name, headers in variants:
         client = None
         with cases.case(name):

@@ -123,10 +123,25 @@ def test_serve_tls_and_drain_on_sigterm(serve_cli, tmp_path: Path) -> None:
     """--certfile/--keyfile serve wss://, and SIGTERM closes sessions with 1001 before exiting."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = serve_cli("--certfile", str(cert), "--keyfile", str(key))
     assert server.scheme == "https"
     ws = websocket.create_connection(

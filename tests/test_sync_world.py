@@ -26,17 +26,26 @@ def _run(*cmd: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
 
 
 @pytest.mark.parametrize("kind", ["redis", "kombu-amqp"])
-def test_emitter_from_eight_threads_in_a_gevent_free_process(cluster: Callable[..., list[ServeProcess]],
-                                                             kind: str) -> None:
+def test_emitter_from_eight_threads_in_a_gevent_free_process(
+    cluster: Callable[..., list[ServeProcess]], kind: str
+) -> None:
     """8 threads x 500 sends over two nodes: each message once, each thread's order kept per identity."""
     namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
     a, b = cluster(2, broker=BROKERS[kind], namespace=namespace)
     identities = ["u0", "u1", "u2", "u3"]
     clients = {name: Client(a if i < 2 else b, name) for i, name in enumerate(identities)}
     sender = gevent.spawn(
-        _run, sys.executable, "-m", "tests.emitter_script", BROKERS[kind], REDIS, namespace, str(THREADS),
-        str(PER_THREAD), *identities,
-    )  # fmt: skip
+        _run,
+        sys.executable,
+        "-m",
+        "tests.emitter_script",
+        BROKERS[kind],
+        REDIS,
+        namespace,
+        str(THREADS),
+        str(PER_THREAD),
+        *identities,
+    )
     for index, name in enumerate(identities):
         threads = [t for t in range(THREADS) if t % len(identities) == index]
         expected = {t: 0 for t in threads}
@@ -59,8 +68,9 @@ def test_backend_events_reach_a_sync_worker_that_answers(cluster: Callable[..., 
     """enter/message/leave reach a synchronous worker in order, also when it starts late; it answers."""
     namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
     queue = f"{namespace}.events"
-    [node] = cluster(1, broker=REDIS, namespace=namespace, events_url=AMQP, events_queue=queue,
-                     events_routes=["order."])  # fmt: skip
+    [node] = cluster(
+        1, broker=REDIS, namespace=namespace, events_url=AMQP, events_queue=queue, events_routes=["order."]
+    )
     # published while no consumer runs: kept by the durable queue
     early = Client(node, "early")
     early.ws.send(json.dumps({"route": "order.note", "data": {"n": 1}}))
@@ -68,13 +78,19 @@ def test_backend_events_reach_a_sync_worker_that_answers(cluster: Callable[..., 
     early.close()
     worker = subprocess.Popen(
         [sys.executable, "-m", "tests.events_worker", AMQP, queue, REDIS, REDIS, namespace, "6"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert worker.stdout is not None
         events = [json.loads(worker.stdout.readline()) for _ in range(3)]
-        assert [(e["type"], e["identity"]) for e in events] == [("enter", "early"), ("message", "early"),
-                                                                 ("leave", "early")]
+        assert [(e["type"], e["identity"]) for e in events] == [
+            ("enter", "early"),
+            ("message", "early"),
+            ("leave", "early"),
+        ]
         assert events[1]["route"] == "order.note" and events[1]["data"] == {"n": 1}
         assert events[2]["disconnect"]["code"] == 1000 and events[2]["disconnect"]["initiator"] == "client"
         # live: the worker answers through the Emitter
@@ -126,8 +142,19 @@ def test_cli_verbs_against_a_two_node_cluster(cluster: Callable[..., list[ServeP
     bob.ping()
     missing = cli("send", "acme", "nobody", "dm")
     assert missing.returncode == 1 and missing.stderr.strip().startswith("rtgevent:")
-    down = _run(sys.executable, "-m", "rtgevent", "send", "acme", "bob", "dm", "--broker", "redis://127.0.0.1:1/0",
-                "--presence", "redis://127.0.0.1:1/0")  # fmt: skip
+    down = _run(
+        sys.executable,
+        "-m",
+        "rtgevent",
+        "send",
+        "acme",
+        "bob",
+        "dm",
+        "--broker",
+        "redis://127.0.0.1:1/0",
+        "--presence",
+        "redis://127.0.0.1:1/0",
+    )
     assert down.returncode != 0
     assert len(down.stderr.strip().splitlines()) == 1 and down.stderr.startswith("rtgevent:"), down.stderr
     bob.close()

@@ -150,8 +150,12 @@ class ConsumerBroker(abc.ABC):
         if gevent.getcurrent() is self._consumer:
             return subscription  # from a handler: the consumer binds it when the handler returns
         if not waiter.wait(timeout=self._subscribe_timeout):
-            log.warning("%s: subscribing %r took over %g s; going on without waiting", self._what, topic,
-                        self._subscribe_timeout)  # fmt: skip
+            log.warning(
+                "%s: subscribing %r took over %g s; going on without waiting",
+                self._what,
+                topic,
+                self._subscribe_timeout,
+            )
         return subscription
 
     def _unsubscribe(self, topic: str, handler: BrokerHandler) -> None:

@@ -103,8 +103,14 @@ CONTENT_TYPE = "application/json"
 PROBE_EVERY = 0.5
 PROBE_GIVE_UP = 10.0
 
-_SCHEMES = {"amqp": "amqp", "amqps": "amqps", "redis": "redis", "rediss": "rediss",
-            "kombu+redis": "redis", "kombu+rediss": "rediss"}  # fmt: skip
+_SCHEMES = {
+    "amqp": "amqp",
+    "amqps": "amqps",
+    "redis": "redis",
+    "rediss": "rediss",
+    "kombu+redis": "redis",
+    "kombu+rediss": "rediss",
+}
 
 
 class _NoRoute(Exception):
@@ -243,12 +249,18 @@ class KombuBroker(ConsumerBroker):
         scheme, sep, rest = url.partition("://") if isinstance(url, str) else ("", "", "")
         transport = _SCHEMES.get(scheme.lower()) if sep else None
         if transport is None:
-            raise InvalidOption("broker_url", f"KombuBroker needs amqp://, amqps:// or kombu+redis://, got "
-                                              f"{redact_url(str(url))!r}")  # fmt: skip
-        for name, value in (("queue_ttl", queue_ttl), ("message_ttl", message_ttl),
-                            ("publish_timeout", publish_timeout), ("connect_timeout", connect_timeout),
-                            ("socket_timeout", socket_timeout), ("poll_interval", poll_interval),
-                            ("subscribe_timeout", subscribe_timeout)):  # fmt: skip
+            raise InvalidOption(
+                "broker_url", f"KombuBroker needs amqp://, amqps:// or kombu+redis://, got {redact_url(str(url))!r}"
+            )
+        for name, value in (
+            ("queue_ttl", queue_ttl),
+            ("message_ttl", message_ttl),
+            ("publish_timeout", publish_timeout),
+            ("connect_timeout", connect_timeout),
+            ("socket_timeout", socket_timeout),
+            ("poll_interval", poll_interval),
+            ("subscribe_timeout", subscribe_timeout),
+        ):
             if not value > 0:
                 raise InvalidOption(name, f"must be > 0, got {value!r}")
         if publish_retries < 0 or max_length < 1 or pool_size < 1 or heartbeat < 0:
@@ -258,8 +270,11 @@ class KombuBroker(ConsumerBroker):
         self._url = f"{transport}://{rest}"
         self._redis = transport.startswith("redis")
         self.namespace = check_namespace(namespace)
-        super().__init__(f"rtgevent kombu broker {redact_url(self._url)} [{namespace}]",
-                         socket_timeout=socket_timeout, subscribe_timeout=subscribe_timeout)  # fmt: skip
+        super().__init__(
+            f"rtgevent kombu broker {redact_url(self._url)} [{namespace}]",
+            socket_timeout=socket_timeout,
+            subscribe_timeout=subscribe_timeout,
+        )
         self._broadcast_topic = broadcast_topic
         self._fanout = Exchange(f"{namespace}.broadcast", type="fanout", durable=False, auto_delete=False)
         self._direct = Exchange(f"{namespace}.direct", type="direct", durable=False, auto_delete=False)
@@ -273,8 +288,9 @@ class KombuBroker(ConsumerBroker):
         self._publisher_name = f"{namespace}.publisher.{instance}"
         self._queue_args: dict[str, Any] = {"x-expires": int(queue_ttl * 1000)}
         if not self._redis:  # the Redis transport supports neither
-            self._queue_args.update({"x-message-ttl": int(message_ttl * 1000), "x-max-length": int(max_length),
-                                     "x-overflow": "drop-head"})  # fmt: skip
+            self._queue_args.update(
+                {"x-message-ttl": int(message_ttl * 1000), "x-max-length": int(max_length), "x-overflow": "drop-head"}
+            )
         self._publish_retries = publish_retries
         self._publish_timeout = publish_timeout
         #: RabbitMQ only (kombu's Redis transport has neither confirms nor returns)
@@ -285,12 +301,18 @@ class KombuBroker(ConsumerBroker):
         template = self._connection(self._publisher_name, heartbeat=0)
         #: What a publish attempt may fail with and still be worth retrying.
         self._retryable = (
-            KombuError, OSError, *template.connection_errors, *template.channel_errors,
-        )  # fmt: skip
+            KombuError,
+            OSError,
+            *template.connection_errors,
+            *template.channel_errors,
+        )
         exchanges = (self._fanout, self._direct)
         self._pool = _PublishPool(
-            lambda: _Publisher(self._connection(self._publisher_name, heartbeat=0, confirm=self._confirm), exchanges,
-                               confirm=self._confirm),
+            lambda: _Publisher(
+                self._connection(self._publisher_name, heartbeat=0, confirm=self._confirm),
+                exchanges,
+                confirm=self._confirm,
+            ),
             pool_size,
         )
         #: set while the fanout probe of the Redis transport is on its way round
@@ -306,13 +328,24 @@ class KombuBroker(ConsumerBroker):
         if confirm:
             options["confirm_publish"] = True
         if self._redis:
-            options.update({"socket_timeout": self._socket_timeout, "socket_connect_timeout": self._connect_timeout,
-                            "client_name": name})  # fmt: skip
+            options.update(
+                {
+                    "socket_timeout": self._socket_timeout,
+                    "socket_connect_timeout": self._connect_timeout,
+                    "client_name": name,
+                }
+            )
         else:
-            options.update({"read_timeout": self._socket_timeout, "write_timeout": self._socket_timeout,
-                            "client_properties": {"connection_name": name}})  # fmt: skip
-        return Connection(self._url, connect_timeout=self._connect_timeout, heartbeat=heartbeat,
-                          transport_options=options)  # fmt: skip
+            options.update(
+                {
+                    "read_timeout": self._socket_timeout,
+                    "write_timeout": self._socket_timeout,
+                    "client_properties": {"connection_name": name},
+                }
+            )
+        return Connection(
+            self._url, connect_timeout=self._connect_timeout, heartbeat=heartbeat, transport_options=options
+        )
 
     # ------------------------------------------------------------------ publishing
 
@@ -393,8 +426,9 @@ class KombuBroker(ConsumerBroker):
             channel.exchange_declare(exchange=exchange.name, type=exchange.type, durable=False, auto_delete=False)
         queues = [self.queue_name] if self._fanout_queue == self.queue_name else [self.queue_name, self._fanout_queue]
         for name in queues:
-            channel.queue_declare(queue=name, durable=False, exclusive=False, auto_delete=False,
-                                  arguments=dict(self._queue_args))  # fmt: skip
+            channel.queue_declare(
+                queue=name, durable=False, exclusive=False, auto_delete=False, arguments=dict(self._queue_args)
+            )
         channel.queue_bind(queue=self._fanout_queue, exchange=self._fanout.name, routing_key="")
         self._start_over()
         self._sync_bindings(channel)

@@ -85,19 +85,27 @@ class RedisBroker(ConsumerBroker):
         scheme = url.partition("://")[0].lower() if isinstance(url, str) else ""
         if scheme not in ("redis", "rediss", "unix"):
             raise InvalidOption("broker_url", f"RedisBroker needs redis:// or rediss://, got {redact_url(str(url))!r}")
-        url = scheme + url[len(scheme):]  # redis-py wants the scheme in lower case
+        url = scheme + url[len(scheme) :]  # redis-py wants the scheme in lower case
         connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
-        for name, value in (("publish_timeout", publish_timeout), ("socket_timeout", socket_timeout),
-                            ("connect_timeout", connect_timeout), ("health_check_interval", health_check_interval),
-                            ("poll_interval", poll_interval), ("subscribe_timeout", subscribe_timeout)):  # fmt: skip
+        for name, value in (
+            ("publish_timeout", publish_timeout),
+            ("socket_timeout", socket_timeout),
+            ("connect_timeout", connect_timeout),
+            ("health_check_interval", health_check_interval),
+            ("poll_interval", poll_interval),
+            ("subscribe_timeout", subscribe_timeout),
+        ):
             if not value > 0:
                 raise InvalidOption(name, f"must be > 0, got {value!r}")
         if publish_retries < 0 or pool_size < 1:
             raise InvalidOption("publish_retries/pool_size", "out of range")
         self.namespace = check_namespace(namespace)
         self._url = url
-        super().__init__(f"rtgevent redis broker {redact_url(url)} [{namespace}]",
-                         socket_timeout=socket_timeout, subscribe_timeout=subscribe_timeout)  # fmt: skip
+        super().__init__(
+            f"rtgevent redis broker {redact_url(url)} [{namespace}]",
+            socket_timeout=socket_timeout,
+            subscribe_timeout=subscribe_timeout,
+        )
         self._prefix = f"{namespace}."
         instance = uuid.uuid4().hex[:12]
         #: ``CLIENT SETNAME`` of the consumer's pub/sub connection, to find it in ``CLIENT LIST``.
@@ -111,9 +119,12 @@ class RedisBroker(ConsumerBroker):
         }
         try:
             self._pool = redis.BlockingConnectionPool.from_url(
-                url, max_connections=pool_size, timeout=publish_timeout,
-                client_name=f"{namespace}.publisher.{instance}", **common,
-            )  # fmt: skip
+                url,
+                max_connections=pool_size,
+                timeout=publish_timeout,
+                client_name=f"{namespace}.publisher.{instance}",
+                **common,
+            )
             self._sub_pool = redis.ConnectionPool.from_url(url, client_name=self.consumer_name, **common)
         except ValueError as exc:
             raise InvalidOption("broker_url", f"{redact_url(url)!r}: {exc}") from None
