@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidBrokerMessage
+from .retry import Backoff, Deadline
 
 if TYPE_CHECKING:
     from .message import Message
@@ -36,7 +37,6 @@ __all__ = ["KombuEvents", "consume"]
 
 log = logging.getLogger("rtgevent.events")
 VERSION = 1
-_BACKOFF_MAX = 5.0
 
 
 def _now() -> str:
@@ -122,7 +122,7 @@ class KombuEvents:
         import gevent
         import kombu
 
-        backoff = 0.1
+        backoff = Backoff()  # 0.1 s doubling to 5 s, jittered
         broken = False
         while not (self._closed and not self._pending):
             try:
@@ -134,7 +134,7 @@ class KombuEvents:
                     if broken:
                         log.info("rtgevent: backend events connection restored")
                         broken = False
-                    backoff = 0.1
+                    backoff.reset()
                     while True:
                         if not self._pending:
                             if self._closed:
@@ -157,8 +157,7 @@ class KombuEvents:
                     broken = True
                 if self._closed:
                     return
-                gevent.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                gevent.sleep(backoff.next())
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending (for up to ``timeout``), then stop the publisher."""
@@ -208,11 +207,11 @@ def consume(
     import kombu
 
     handled = 0
-    backoff = 0.1
-    last = time.monotonic()
+    backoff = Backoff()  # 0.1 s doubling to 5 s, jittered
+    idle = Deadline(idle_timeout)  # started again by every event handled
 
     def on_message(body: Any, message: Any) -> None:
-        nonlocal handled, last
+        nonlocal handled, idle
         try:
             event = parse_event(body)
         except (InvalidBrokerMessage, ValueError) as exc:
@@ -225,16 +224,16 @@ def consume(
             raise _CallbackFailed() from exc  # not a connection problem: stop, unacked
         message.ack()
         handled += 1
-        last = time.monotonic()
+        idle = Deadline(idle_timeout)
 
     while limit is None or handled < limit:
         try:
             with kombu.Connection(url, connect_timeout=5) as conn:
                 q = kombu.Queue(queue, durable=True, routing_key=queue)
                 with conn.Consumer(q, callbacks=[on_message], accept=["json"], prefetch_count=100):
-                    backoff = 0.1
+                    backoff.reset()
                     while limit is None or handled < limit:
-                        if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                        if idle.expired():
                             return handled
                         try:
                             conn.drain_events(timeout=0.5)
@@ -245,8 +244,7 @@ def consume(
             raise failed.__cause__ from None
         except Exception as exc:  # the broker went away: kombu's and amqp's errors vary by transport
             log.warning("rtgevent: events consumer reconnecting: %s", exc)
-            if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+            if idle.expired():
                 return handled
-            time.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            time.sleep(backoff.next())
     return handled

@@ -16,10 +16,10 @@ server, draining one connection, publishing) stays in their modules, and everyth
   while the broker is away), and called from a handler it never waits (the consumer that
   would confirm is the caller).
 * Reconnect with backoff: on any error the consumer drops its connection, waits (0.1 s
-  doubling to 5 s, jittered; a publish that reached the server cuts one wait per outage
-  short) and starts over, forever.  `LinkState` logs once per state change -- one WARNING
-  when the connection drops, one INFO when it is back, never a line per retry -- and an
-  error that is not an outage (a bug) logs its traceback once.
+  doubling to 5 s, jittered, by `rtgevent.retry`; a publish that reached the server cuts
+  one wait per outage short) and starts over, forever.  `LinkState` logs once per state
+  change -- one WARNING when the connection drops, one INFO when it is back, never a line
+  per retry -- and an error that is not an outage (a bug) logs its traceback once.
 
 Publishing stays with the subclasses; only what every publish does alike is here: the
 payload check, the pause between attempts (`pause_before_retry`) and the
@@ -38,7 +38,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import BrokerUnavailable
-from . import LinkState, backoff_delay, sleep_backoff
+from ..retry import Backoff, Deadline, backoff_delay, sleep_backoff
 from .base import BrokerHandler
 
 if TYPE_CHECKING:
@@ -53,13 +53,54 @@ log = logging.getLogger("rtgevent.broker")
 IDLE_EVERY = 32
 
 
-def pause_before_retry(attempts: int, deadline: float) -> bool:
-    """Sleep the backoff after ``attempts`` failed publish attempts; False, at once, if it ends past ``deadline``."""
+def pause_before_retry(attempts: int, deadline: Deadline) -> bool:
+    """Sleep the backoff after ``attempts`` failed publish attempts; False, at once, if it ends past ``deadline``.
+
+    Shorter than the consumer's backoff (50 ms doubling to 1 s): a publisher has a caller
+    waiting for it.
+    """
     delay = backoff_delay(attempts - 1, start=0.05, cap=1.0)
-    if time.monotonic() + delay >= deadline:
+    if delay >= deadline.timeout():
         return False
     time.sleep(delay)
     return True
+
+
+class LinkState:
+    """Logs each change of a consumer connection's state exactly once.
+
+    A broker that is down for an hour must not write a line per retry: one WARNING when
+    the connection drops (or cannot be made at all), one INFO when it is back.
+    """
+
+    __slots__ = ("_up", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._up: bool | None = None  # None: never connected yet
+
+    @property
+    def up(self) -> bool:
+        return self._up is True
+
+    def set_up(self) -> None:
+        if self._up is False:
+            log.info("%s: connection restored", self._what)
+        elif self._up is None:
+            log.debug("%s: connected", self._what)
+        self._up = True
+
+    def set_down(self, exc: BaseException) -> None:
+        if self._up is True:
+            log.warning("%s: connection lost: %s; reconnecting in the background", self._what, _describe(exc))
+        elif self._up is None:
+            log.warning("%s: cannot connect: %s; retrying in the background", self._what, _describe(exc))
+        self._up = False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class ConsumerSubscription:
@@ -206,7 +247,7 @@ class ConsumerBroker(abc.ABC):
 
     def _consume_forever(self) -> None:
         assert self._stop is not None
-        attempt = 0
+        backoff = Backoff()  # 0.1 s doubling to 5 s
         nudge_spent = reported = False
         while not self._closed:
             self._nudged = False
@@ -216,7 +257,7 @@ class ConsumerBroker(abc.ABC):
                 if self._closed:
                     break
                 if self._link.up:
-                    attempt = 0  # it did work for a while: start the backoff over
+                    backoff.reset()  # it did work for a while: start the backoff over
                     nudge_spent = reported = False
                 self._set_down(exc)
                 if not isinstance(exc, self._retryable) and not reported:
@@ -226,9 +267,8 @@ class ConsumerBroker(abc.ABC):
                 break
             # a nudge cuts one backoff short per outage: a consumer that fails while the
             # server answers publishers must not reconnect at the publish rate
-            sleep_backoff(self._stop, backoff_delay(attempt), (lambda: False) if nudge_spent else self._was_nudged)
+            sleep_backoff(self._stop, backoff.next(), (lambda: False) if nudge_spent else self._was_nudged)
             nudge_spent = nudge_spent or self._nudged
-            attempt += 1
 
     def _start_over(self) -> None:
         """A new connection: nothing is bound on it yet, every wanted topic is to be bound."""

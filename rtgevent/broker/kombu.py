@@ -84,18 +84,18 @@ from kombu.entity import Exchange
 from kombu.exceptions import KombuError
 
 from ..errors import BrokerUnavailable, InvalidOption
-from . import check_namespace, redact_url
+from ..payload import BROADCAST_TOPIC
+from ..retry import Deadline, redact_url
 from ._consumer import IDLE_EVERY as IDLE_EVERY
 from ._consumer import ConsumerBroker, pause_before_retry
+from .base import check_namespace
 
 __all__ = ["KombuBroker"]
 
 log = logging.getLogger("rtgevent.broker")
 
-#: Same value as `rtgevent.delivery.BROADCAST_TOPIC`, not imported from there because that
-#: module pulls in gevent and publishing must work without it (the test suite checks both
-#: stay equal).
-DEFAULT_BROADCAST_TOPIC = "rtgevent.broadcast"
+#: the topic that goes to every node: RabbitMQ gives it the fanout exchange
+DEFAULT_BROADCAST_TOPIC = BROADCAST_TOPIC
 TOPIC_HEADER = "rtgevent-topic"
 PROBE_HEADER = "rtgevent-probe"
 CONTENT_TYPE = "application/json"
@@ -359,11 +359,11 @@ class KombuBroker(ConsumerBroker):
         self._publish(exchange, routing_key, bytes(payload), {TOPIC_HEADER: topic}, f"publish to {topic!r}")
 
     def _publish(self, exchange: Exchange, routing_key: str, body: bytes, headers: dict[str, str], what: str) -> None:
-        deadline = time.monotonic() + self._publish_timeout
+        deadline = Deadline(self._publish_timeout)
         attempts = 0
         last: BaseException | None = None
         while attempts <= self._publish_retries:
-            remaining = deadline - time.monotonic()
+            remaining = deadline.timeout()
             if remaining <= 0:
                 break
             publisher = self._pool.acquire(remaining)
@@ -480,8 +480,8 @@ class KombuBroker(ConsumerBroker):
         heartbeat = float(conn.get_heartbeat_interval() or 0)
         tick = min(1.0, heartbeat / 4) if heartbeat else None
         next_tick = time.monotonic() + (tick or 0)
-        next_probe = probe_deadline = time.monotonic()
-        probe_deadline += PROBE_GIVE_UP
+        next_probe = time.monotonic()
+        probe_give_up = Deadline(PROBE_GIVE_UP)
         while not self._closed:
             # kombu's Connection.drain_events / heartbeat_check quietly open a *new* connection
             # (without our queue or consumer) when the old one is gone: never let them
@@ -499,7 +499,7 @@ class KombuBroker(ConsumerBroker):
                 pass
             # after a drain, not before: the first drain is what subscribes (Redis transport)
             if self._probe_token is not None and now >= next_probe:
-                if now >= probe_deadline:
+                if probe_give_up.expired():
                     log.warning("%s: fanout probe never came back; broadcasts may be lost", self._what)
                     self._fanout_live()
                 else:

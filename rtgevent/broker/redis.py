@@ -37,13 +37,12 @@ import uuid
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..errors import InvalidOption
-from . import check_namespace, redact_url
+from ..retry import Deadline, redact_url, redis_client
 from ._consumer import IDLE_EVERY as IDLE_EVERY
 from ._consumer import ConsumerBroker, pause_before_retry
+from .base import check_namespace
 
 __all__ = ["RedisBroker"]
 
@@ -85,7 +84,6 @@ class RedisBroker(ConsumerBroker):
         scheme = url.partition("://")[0].lower() if isinstance(url, str) else ""
         if scheme not in ("redis", "rediss", "unix"):
             raise InvalidOption("broker_url", f"RedisBroker needs redis:// or rediss://, got {redact_url(str(url))!r}")
-        url = scheme + url[len(scheme) :]  # redis-py wants the scheme in lower case
         connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
         for name, value in (
             ("publish_timeout", publish_timeout),
@@ -110,25 +108,24 @@ class RedisBroker(ConsumerBroker):
         instance = uuid.uuid4().hex[:12]
         #: ``CLIENT SETNAME`` of the consumer's pub/sub connection, to find it in ``CLIENT LIST``.
         self.consumer_name = f"{namespace}.consumer.{instance}"
-        common: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
-            # redis-py 8 would otherwise retry some errors by itself, unbounded by our deadline
-            "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0,  # we PING the pub/sub connection ourselves
-        }
-        try:
-            self._pool = redis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=pool_size,
-                timeout=publish_timeout,
-                client_name=f"{namespace}.publisher.{instance}",
-                **common,
-            )
-            self._sub_pool = redis.ConnectionPool.from_url(url, client_name=self.consumer_name, **common)
-        except ValueError as exc:
-            raise InvalidOption("broker_url", f"{redact_url(url)!r}: {exc}") from None
-        self._client = redis.Redis(connection_pool=self._pool)
+        # health checks off: the consumer PINGs its pub/sub connection itself, and a publish
+        # on a dead pooled connection fails within socket_timeout and is retried
+        self._client = redis_client(
+            url,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            client_name=f"{namespace}.publisher.{instance}",
+            max_connections=pool_size,
+            pool_timeout=publish_timeout,
+            field="broker_url",
+        )
+        self._sub_client = redis_client(
+            url,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            client_name=self.consumer_name,
+            field="broker_url",
+        )
         self._publish_retries = publish_retries
         self._publish_timeout = publish_timeout
         self._health_check_interval = health_check_interval
@@ -146,10 +143,10 @@ class RedisBroker(ConsumerBroker):
         """PUBLISH ``payload`` on the topic's channel; `BrokerUnavailable` after bounded retries."""
         self._check_publishable(payload)
         channel = self._channel(topic)
-        deadline = time.monotonic() + self._publish_timeout
+        deadline = Deadline(self._publish_timeout)
         attempts = 0
         last: BaseException | None = None
-        while attempts <= self._publish_retries and time.monotonic() < deadline:
+        while attempts <= self._publish_retries and not deadline.expired():
             attempts += 1
             try:
                 receivers = self._client.publish(channel, bytes(payload))
@@ -169,7 +166,7 @@ class RedisBroker(ConsumerBroker):
     # ------------------------------------------------------------------ the consumer greenlet
 
     def _consume_once(self) -> None:
-        client: Any = redis.Redis(connection_pool=self._sub_pool)
+        client: Any = self._sub_client  # redis-py's PubSub is untyped
         pubsub = client.pubsub(ignore_subscribe_messages=False)
         try:
             self._listen(pubsub)
@@ -255,8 +252,8 @@ class RedisBroker(ConsumerBroker):
     # ------------------------------------------------------------------ closing
 
     def _close_connections(self) -> None:
-        for pool in (self._pool, self._sub_pool):
+        for client in (self._client, self._sub_client):
             try:
-                pool.disconnect()
+                client.connection_pool.disconnect()
             except Exception:
                 log.debug("%s: disconnecting a pool failed", self._what, exc_info=True)

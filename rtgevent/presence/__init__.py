@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidOption
+from ..retry import redact_url
 from .base import Presence
 from .memory import MemoryPresence
 
@@ -25,7 +26,7 @@ _OPTIONS = frozenset({"ttl", "namespace", "socket_timeout", "retries"})
 def presence_from_url(url: str, **kwargs: Any) -> Presence:
     """``redis://`` / ``rediss://`` → `RedisPresence`, ``memory://`` → `MemoryPresence`.
 
-    Anything else raises `InvalidOption` naming only the scheme (a URL may carry a password).
+    Anything else raises `InvalidOption` showing the URL without its password.
     """
     unknown = sorted(set(kwargs) - _OPTIONS)
     if unknown:
@@ -38,7 +39,9 @@ def presence_from_url(url: str, **kwargs: Any) -> Presence:
         return RedisPresence(url, **kwargs)
     if scheme == "memory":
         return MemoryPresence()
-    raise InvalidOption("presence_url", f"unsupported scheme {scheme!r}: use redis://, rediss:// or memory://")
+    raise InvalidOption(
+        "presence_url", f"unsupported scheme {scheme!r} in {redact_url(url)!r}: use redis://, rediss:// or memory://"
+    )
 
 
 def __getattr__(name: str) -> Any:

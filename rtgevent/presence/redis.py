@@ -55,19 +55,21 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from ..broker.base import check_namespace
 from ..errors import BrokerUnavailable, InvalidOption
+from ..retry import backoff_delay, redact_url, redis_client
 from ..types import SessionInfo
 
 __all__ = ["RedisPresence"]
 
 _T = TypeVar("_T")
 
-#: First pause between quick retries (doubled each time): long enough for a failover of a
-#: pooled connection to be noticed, short enough that the caller is answered promptly.
+#: First pause between quick retries (doubled each time, jittered, at most `_RETRY_CAP`): long
+#: enough for a failover of a pooled connection to be noticed, short enough that the caller
+#: is answered promptly.
 _RETRY_PAUSE = 0.05
+_RETRY_CAP = 1.0
 
 #: How many expired nodes one `renew` looks at: a mass outage is purged over a few renewals
 #: instead of blocking one renewer for long.
@@ -202,27 +204,21 @@ class RedisPresence:
             raise InvalidOption("socket_timeout", "must be a positive number of seconds")
         if not isinstance(retries, int) or retries < 0:
             raise InvalidOption("retries", "must be an integer >= 0")
-        if not namespace:
-            raise InvalidOption("namespace", "must be a non-empty string")
+        check_namespace(namespace)
         if isinstance(url_or_client, str):
-            # retry=Retry(NoBackoff(), 0): redis-py must not retry behind our back, or the
-            # bound on how long a caller waits would be its policy's, not ours.
-            self._client: redis.Redis = redis.Redis.from_url(
-                url_or_client,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
+            # no hidden retries in the client: the bound on how long a caller waits is ours
+            self._client: redis.Redis = redis_client(url_or_client, socket_timeout=socket_timeout, field="presence_url")
             self._owns_client = True
+            self._where = redact_url(url_or_client)
         else:
             self._client = url_or_client
             self._owns_client = False
+            self._where = _describe(url_or_client)
         self._ttl = float(ttl)
         self._retries = retries
         self._ns = namespace
         self._leases_key = f"{namespace}:leases"
         self._ident_prefix = f"{namespace}:ident:"
-        self._where = _describe(self._client)
         self._lookup = self._client.register_script(_LOOKUP_LUA)
         self._renew = self._client.register_script(_RENEW_LUA)
         self._purge = self._client.register_script(_PURGE_LUA)
@@ -450,14 +446,17 @@ class RedisPresence:
                     raise BrokerUnavailable(
                         f"presence store {self._where} did not answer ({what}) after {attempt + 1} attempt(s): {exc}"
                     ) from exc
-                time.sleep(_RETRY_PAUSE * 2**attempt)
+                time.sleep(backoff_delay(attempt, start=_RETRY_PAUSE, cap=_RETRY_CAP))
                 attempt += 1
             except redis.RedisError as exc:
                 raise BrokerUnavailable(f"presence store {self._where} refused {what}: {exc}") from exc
 
 
 def _describe(client: redis.Redis) -> str:
-    """Where the client points, for error messages: never the password."""
+    """Where a caller's client points, for error messages: built from its pool, so never the password.
+
+    A store made from a URL shows `redact_url` of it instead; a client passed in has no URL.
+    """
     kwargs: dict[str, Any] = getattr(client.connection_pool, "connection_kwargs", {})
     if "path" in kwargs:
         return f"unix:{kwargs['path']}"
