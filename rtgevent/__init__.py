@@ -18,7 +18,9 @@ if TYPE_CHECKING:
         InBandAuthenticator,
         StaticTokenAuthenticator,
     )
-    from .broker import Broker, LocalBroker, Subscription
+    from .broker import Broker, LocalBroker, Subscription, broker_from_url
+    from .broker.kombu import KombuBroker
+    from .broker.redis import RedisBroker
     from .codec import CmdCodec, Codec, JSONCodec
     from .config import Backpressure, Config
     from .emitter import Emitter
@@ -38,10 +40,12 @@ if TYPE_CHECKING:
         Unauthorized,
         UnknownRoute,
     )
+    from .events import KombuEvents
     from .ids import SnowflakeIds, random_id
     from .message import Message
     from .middleware import logger, recovery, timeout
-    from .presence import MemoryPresence, Presence
+    from .presence import MemoryPresence, Presence, presence_from_url
+    from .presence.redis import RedisPresence
     from .realtime import Realtime
     from .session import Session
     from .types import DisconnectInfo, Identity, Initiator, SessionInfo
@@ -70,6 +74,8 @@ _LAZY = {
     "InvalidBrokerMessage": ".errors",
     "InvalidOption": ".errors",
     "JSONCodec": ".codec",
+    "KombuBroker": ".broker.kombu",
+    "KombuEvents": ".events",
     "LocalBroker": ".broker",
     "MemoryPresence": ".presence",
     "Message": ".message",
@@ -77,6 +83,8 @@ _LAZY = {
     "Realtime": ".realtime",
     "RealtimeClosed": ".errors",
     "RealtimeError": ".errors",
+    "RedisBroker": ".broker.redis",
+    "RedisPresence": ".presence.redis",
     "Session": ".session",
     "SessionClosed": ".errors",
     "SessionInfo": ".types",
@@ -85,7 +93,9 @@ _LAZY = {
     "Subscription": ".broker",
     "Unauthorized": ".errors",
     "UnknownRoute": ".errors",
+    "broker_from_url": ".broker",
     "logger": ".middleware",
+    "presence_from_url": ".presence",
     "random_id": ".ids",
     "recovery": ".middleware",
     "timeout": ".middleware",
@@ -117,6 +127,8 @@ __all__ = [
     "InvalidBrokerMessage",
     "InvalidOption",
     "JSONCodec",
+    "KombuBroker",
+    "KombuEvents",
     "LocalBroker",
     "MemoryPresence",
     "Message",
@@ -124,6 +136,8 @@ __all__ = [
     "Realtime",
     "RealtimeClosed",
     "RealtimeError",
+    "RedisBroker",
+    "RedisPresence",
     "Session",
     "SessionClosed",
     "SessionInfo",
@@ -133,7 +147,9 @@ __all__ = [
     "Unauthorized",
     "UnknownRoute",
     "__version__",
+    "broker_from_url",
     "logger",
+    "presence_from_url",
     "random_id",
     "recovery",
     "timeout",

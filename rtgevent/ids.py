@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from .errors import InvalidOption
+
 __all__ = ["IdGenerator", "SnowflakeIds", "random_id"]
 
 IdGenerator = Callable[[], str]
@@ -26,7 +28,7 @@ class SnowflakeIds:
 
     def __init__(self, node: int, epoch_ms: int = 1288834974657) -> None:
         if not 0 <= node < 1024:
-            raise ValueError("rtgevent: snowflake node must be in [0, 1024)")
+            raise InvalidOption("node", f"must be an integer in [0, 1024), got {node!r}")
         self._node = node
         self._epoch = epoch_ms
         self._last = -1

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from .errors import InvalidOption
+
 __all__ = ["Router"]
 
 H = TypeVar("H")
@@ -22,16 +24,16 @@ class Router(Generic[H]):
 
     def add_route(self, route: str, handler: H) -> None:
         if not route:
-            raise ValueError("rtgevent: a route must be a non-empty string")
+            raise InvalidOption("route", "must be a non-empty string")
         if route in self._exact:
-            raise ValueError(f"rtgevent: route {route!r} is already registered")
+            raise InvalidOption("route", f"{route!r} is already registered")
         self._exact[route] = handler
 
     def add_prefix(self, prefix: str, handler: H) -> None:
         if not prefix:
-            raise ValueError("rtgevent: a prefix must be a non-empty string")
+            raise InvalidOption("prefix", "must be a non-empty string")
         if any(p == prefix for p, _ in self._prefixes):
-            raise ValueError(f"rtgevent: prefix {prefix!r} is already registered")
+            raise InvalidOption("prefix", f"{prefix!r} is already registered")
         self._prefixes.append((prefix, handler))
         self._prefixes.sort(key=lambda item: len(item[0]), reverse=True)
 

@@ -17,8 +17,8 @@ from typing import Any
 from rtgevent import BearerTokenAuthenticator, Config, Identity, Message, Realtime, Session
 from rtgevent.broker import Broker, broker_from_url
 from rtgevent.broker.base import BrokerHandler, Subscription
-from rtgevent.delivery import decode_payload
 from rtgevent.errors import RealtimeError
+from rtgevent.payload import decode_payload
 from rtgevent.presence import presence_from_url
 from rtgevent.types import DisconnectInfo
 from tests.app import with_control

@@ -12,12 +12,13 @@ import pytest
 import redis
 import websocket
 
-from tests.conftest import WAIT
 from tests.procs import ServeProcess
+from tests.services import AMQP_URL, REDIS_URL, LiveServices
+from tests.waiting import WAIT
 
-REDIS = "redis://127.0.0.1:6379/0"
-AMQP = "amqp://guest:guest@127.0.0.1:5672//"
-BROKERS = {"redis": REDIS, "kombu-amqp": AMQP, "kombu-redis": "kombu+redis://127.0.0.1:6379/0"}
+REDIS = REDIS_URL
+AMQP = AMQP_URL
+BROKERS = {"redis": REDIS, "kombu-amqp": AMQP, "kombu-redis": "kombu+" + REDIS}
 
 
 def _cleanup(namespace: str, redis_url: str = REDIS, amqp_url: str | None = AMQP) -> None:
@@ -42,14 +43,18 @@ def _cleanup(namespace: str, redis_url: str = REDIS, amqp_url: str | None = AMQP
 
 
 @pytest.fixture
-def cluster() -> Iterator[Callable[..., list[ServeProcess]]]:
-    """``cluster(n, broker=URL, presence=URL, **spec)`` starts n nodes in one fresh namespace."""
+def cluster(live: LiveServices) -> Iterator[Callable[..., list[ServeProcess]]]:
+    """``cluster(n, broker=URL, presence=URL, **spec)`` starts n nodes in one fresh namespace.
+
+    The test is skipped where a shared server the nodes would use is down.
+    """
     nodes: list[ServeProcess] = []
     namespaces: list[tuple[str, str]] = []
 
     def factory(
         n: int, *, broker: str, presence: str = REDIS, namespace: str | None = None, **spec: Any
     ) -> list[ServeProcess]:
+        live.require(broker, presence, spec.get("events_url"))
         ns = namespace or f"rtgtest-{uuid.uuid4().hex[:10]}"
         namespaces.append((ns, presence))
         env = {"RTG_CLUSTER": json.dumps({"broker": broker, "presence": presence, "namespace": ns, **spec})}

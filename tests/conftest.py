@@ -27,21 +27,11 @@ from gevent.pywsgi import WSGIServer  # noqa: E402
 from geventwebsocket.handler import WebSocketHandler  # noqa: E402
 
 from tests.app import make_app  # noqa: E402
+from tests.services import LiveServices  # noqa: E402
+from tests.waiting import WAIT, wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPS = ["geventwebsocket", "pywsgi", "gunicorn"]
-#: generous: the machine is a busy 2-core box
-WAIT = 20.0
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll ``predicate`` until truthy; fail (not hang) after ``timeout``."""
-    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
-        while True:
-            value = predicate()
-            if value:
-                return value
-            gevent.sleep(0.02)
 
 
 @dataclasses.dataclass
@@ -166,6 +156,12 @@ def _answers(server: Server) -> bool:
     except OSError:
         return False
     return True
+
+
+@pytest.fixture(scope="session")
+def live() -> LiveServices:
+    """The machine's shared Redis and RabbitMQ, probed once per run; ``live.require(url)`` skips without them."""
+    return LiveServices.probe()
 
 
 @pytest.fixture(params=SETUPS)

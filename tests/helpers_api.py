@@ -21,9 +21,7 @@ from gevent.pywsgi import WSGIServer
 from rtgevent import Identity, Message, Realtime
 from rtgevent.testing import TestClient
 from tests import rawws
-
-#: generous: the machine is a busy 2-core box
-WAIT = 20.0
+from tests.waiting import WAIT
 
 
 @dataclasses.dataclass

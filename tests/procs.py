@@ -14,7 +14,8 @@ from typing import Any
 
 import gevent
 
-from tests.conftest import ROOT, WAIT
+from tests.conftest import ROOT
+from tests.waiting import WAIT
 
 
 class ServeProcess:

@@ -1,23 +1,30 @@
-"""Private Redis and RabbitMQ servers for the tests that restart a broker mid-traffic.
+"""Redis and RabbitMQ for the tests: the machine's shared servers, and private ones.
 
-The machine's own Redis and RabbitMQ are shared: a test must never stop them.  These
-start their own instances on free ports, as children of the test process (in their own
-process group), and stop only those.
+The shared servers (`REDIS_URL`, `AMQP_URL`) are probed once per run (`LiveServices`,
+the ``live`` fixture); a test that needs one and finds it down is skipped, not failed.
+They are shared: a test must never stop them.  The tests that restart a broker
+mid-traffic start their own instances on free ports instead, as children of the test
+process (in their own process group), and stop only those.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import urllib.parse
 import uuid
 
-import gevent
+import pytest
 
-WAIT = 30.0
+from tests.waiting import WAIT, wait_until
+
+REDIS_URL = os.environ.get("RTG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("RTG_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def free_port() -> int:
@@ -26,18 +33,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _answers(port: int) -> bool:
+def _answers(host: str, port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
+        with socket.create_connection((host, port), timeout=1):
             return True
     except OSError:
         return False
 
 
-def _wait(predicate: object, what: str, timeout: float = WAIT) -> None:
-    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
-        while not predicate():  # type: ignore[operator]
-            gevent.sleep(0.1)
+def _address(url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(url)
+    default = 5672 if parts.scheme.startswith("amqp") else 6379
+    return parts.hostname or "127.0.0.1", parts.port or default
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveServices:
+    """Which shared servers answered when the run began (host, port → answered)."""
+
+    answered: dict[tuple[str, int], bool]
+
+    @classmethod
+    def probe(cls) -> LiveServices:
+        addresses = {_address(REDIS_URL), _address(AMQP_URL)}
+        return cls({address: _answers(*address) for address in addresses})
+
+    def require(self, *urls: str | None) -> None:
+        """Skip the test unless every shared server these URLs name answered.
+
+        URLs of other servers (a private one on a free port, an address meant to be
+        unreachable) are not the shared servers' business and are let through.
+        """
+        for url in urls:
+            if url is None:
+                continue
+            address = _address(url)
+            if not self.answered.get(address, True):
+                pytest.skip(f"no server on {address[0]}:{address[1]} for {url.split('://', 1)[0]}://")
 
 
 class RedisServer:
@@ -56,13 +88,13 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        _wait(lambda: _answers(self.port), "redis to listen")
+        wait_until(lambda: _answers("127.0.0.1", self.port), "redis to listen")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()  # a crash, not a clean shutdown
             self.proc.wait(timeout=WAIT)
-        _wait(lambda: not _answers(self.port), "redis to stop")
+        wait_until(lambda: not _answers("127.0.0.1", self.port), "redis to stop")
 
 
 class RabbitServer:
@@ -103,7 +135,7 @@ class RabbitServer:
         self.proc = subprocess.Popen(
             ["rabbitmq-server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        _wait(lambda: _answers(self.port), "rabbitmq to listen", timeout=60)
+        wait_until(lambda: _answers("127.0.0.1", self.port), "rabbitmq to listen", timeout=3 * WAIT)
 
     def stop(self) -> None:
         subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], capture_output=True, timeout=60)
@@ -113,7 +145,7 @@ class RabbitServer:
             except ProcessLookupError:
                 pass
             self.proc.wait(timeout=WAIT)
-        _wait(lambda: not _answers(self.port), "rabbitmq to stop")
+        wait_until(lambda: not _answers("127.0.0.1", self.port), "rabbitmq to stop")
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

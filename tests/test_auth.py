@@ -33,7 +33,8 @@ from rtgevent import (
     random_id,
 )
 from tests import rawws
-from tests.helpers_api import WAIT, Live, LiveFactory, serving
+from tests.helpers_api import Live, LiveFactory, serving
+from tests.waiting import WAIT
 
 ALICE = Identity("alice", "acme", roles=("admin",))
 

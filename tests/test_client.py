@@ -22,8 +22,7 @@ from rtgevent import (
     Unauthorized,
 )
 from rtgevent.client import ClientClosed, ClientTimeout, ConnectRefused, RemoteError, connect
-
-WAIT = 20.0
+from tests.waiting import WAIT
 
 
 class Refused(RealtimeError):

@@ -10,15 +10,14 @@ import time
 import uuid
 from collections.abc import Callable
 
-import gevent
 import pytest
 import redis
 import websocket
 
 from tests.clusterkit import BROKERS, REDIS, Client
-from tests.conftest import WAIT
 from tests.procs import ServeProcess
 from tests.services import RabbitServer, RedisServer
+from tests.waiting import wait_until
 
 
 def _counts(node: ServeProcess) -> dict[str, int]:
@@ -71,9 +70,7 @@ def test_killed_node_vanishes_from_presence_within_ttl(cluster) -> None:
     b.kill()
     killed = time.monotonic()
     a.control("node")  # still answering
-    with gevent.Timeout(WAIT, AssertionError("dave never went offline")):
-        while a.control("online", identity="dave")["online"]:
-            gevent.sleep(0.1)
+    wait_until(lambda: not a.control("online", identity="dave")["online"], "dave to go offline", interval=0.1)
     elapsed = time.monotonic() - killed
     print(f"offline {elapsed:.2f} s after SIGKILL (presence_ttl {ttl} s)")
     assert elapsed <= ttl + 2.0
@@ -81,9 +78,11 @@ def test_killed_node_vanishes_from_presence_within_ttl(cluster) -> None:
     ann.ping()  # the surviving node and its client are undisturbed
     # the dead node's entries are purged from Redis soon after
     client = redis.Redis.from_url(REDIS)
-    with gevent.Timeout(WAIT, AssertionError("the dead node's keys were not purged")):
-        while any(b"dave" in key for key in client.scan_iter(match=f"{namespace}*")):
-            gevent.sleep(0.2)
+    wait_until(
+        lambda: not any(b"dave" in key for key in client.scan_iter(match=f"{namespace}*")),
+        "the dead node's keys to be purged",
+        interval=0.2,
+    )
     client.close()
     ann.close()
     dave.ws.close()
@@ -104,14 +103,13 @@ def _restart_scenario(nodes: list[ServeProcess], stop: Callable[[], None], start
         alice.ping()
     start()
     back = time.monotonic()
-    with gevent.Timeout(WAIT, AssertionError("cross-node delivery did not come back")):
-        while True:
-            answer = a.control("send", identity="alice", data="after")
-            if answer == {"ok": True}:
-                msg = alice.next()
-                if msg.get("data") == "after":
-                    break
-            gevent.sleep(0.2)
+
+    def delivered() -> bool:
+        if a.control("send", identity="alice", data="after") != {"ok": True}:
+            return False
+        return bool(alice.next().get("data") == "after")
+
+    wait_until(delivered, "cross-node delivery to come back", interval=0.2)
     recovered = time.monotonic() - back
     assert a.proc.poll() is None and b.proc.poll() is None  # no gateway crashed
     for node in (a, b):
@@ -160,10 +158,7 @@ def test_replace_policy_closes_the_older_session_on_another_node(cluster) -> Non
     elapsed = time.monotonic() - second_started
     assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 4001
     print(f"replaced after {elapsed:.3f} s")
-    with gevent.Timeout(WAIT):
-        while not a.control("disconnects"):
-            gevent.sleep(0.05)
-    [info] = a.control("disconnects")
+    [info] = wait_until(lambda: a.control("disconnects"), "node A to report the close", interval=0.05)
     assert (info["code"], info["initiator"]) == (4001, "replaced")
     second.ping()
     assert [s for s in b.control("online", identity="frank")["sessions"]] == [second.node_id]

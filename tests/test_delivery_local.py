@@ -21,7 +21,8 @@ from rtgevent import (
     RealtimeClosed,
     SessionClosed,
 )
-from tests.conftest import WAIT, Server
+from tests.conftest import Server
+from tests.waiting import WAIT
 
 
 def make_rt(**kwargs: Any) -> Realtime:
@@ -72,7 +73,7 @@ def test_sessions_write_without_waiting_for_the_clients_ack(serve_realtime: Call
     ws = login(server, "alice")
     try:
         [session] = rt.get_identity_sessions("acme", "alice")
-        conn = rt._hub.get(session.session_id)._conn  # the socket is not public
+        conn = rt.hub.get(session.session_id)._conn  # the socket is not public
         assert conn is not None and conn._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         ws.close()

@@ -8,7 +8,8 @@ import pytest
 import websocket
 
 from tests import rawws
-from tests.conftest import WAIT, Server
+from tests.conftest import Server
+from tests.waiting import WAIT
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 1 << 20]
 

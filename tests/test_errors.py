@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import pytest
 
@@ -102,6 +103,34 @@ def test_invalid_option_names_the_field_and_is_a_value_error() -> None:
     assert error.field == "pong_timeout"
     assert "pong_timeout" in str(error)
     assert isinstance(error, ValueError)
+
+
+def _misuse() -> list[tuple[str, Callable[[], object], str]]:
+    from rtgevent.router import Router
+
+    router: Router[str] = Router()
+    router.add_route("chat.send", "h")
+    router.add_prefix("chat.", "h")
+    return [
+        ("empty route", lambda: Router().add_route("", "h"), "route"),
+        ("route twice", lambda: router.add_route("chat.send", "h"), "route"),
+        ("empty prefix", lambda: Router().add_prefix("", "h"), "prefix"),
+        ("prefix twice", lambda: router.add_prefix("chat.", "h"), "prefix"),
+        ("empty identity id", lambda: rtgevent.Identity(""), "Identity.id"),
+        ("snowflake node out of range", lambda: rtgevent.SnowflakeIds(1024), "node"),
+        ("negative snowflake node", lambda: rtgevent.SnowflakeIds(-1), "node"),
+        ("empty static token", lambda: rtgevent.StaticTokenAuthenticator("", rtgevent.Identity("a")), "token"),
+        ("timeout of zero seconds", lambda: rtgevent.timeout(0), "seconds"),
+    ]
+
+
+@pytest.mark.parametrize(("call", "field"), [case[1:] for case in _misuse()], ids=[case[0] for case in _misuse()])
+def test_api_misuse_raises_invalid_option_naming_the_argument(call: Callable[[], object], field: str) -> None:
+    """Misusing the API (router, Identity, SnowflakeIds, StaticTokenAuthenticator, timeout) is InvalidOption."""
+    with pytest.raises(InvalidOption) as info:
+        call()
+    assert info.value.field == field
+    assert str(info.value).startswith("rtgevent: invalid option ")
 
 
 def test_config_raises_invalid_option_naming_the_field() -> None:

@@ -14,9 +14,9 @@ import pytest
 
 from rtgevent import Realtime
 from rtgevent.client import Client, ConnectRefused, RemoteError, connect
+from tests.waiting import WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
-WAIT = 20.0
 
 
 def load_example(relative: str) -> types.ModuleType:

@@ -7,14 +7,12 @@ The module also holds `gunicorn_app`, the factory the gunicorn subprocesses load
 from __future__ import annotations
 
 import http.client
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import flask
-import gevent
 import pytest
 from flask import Flask
 
@@ -22,9 +20,9 @@ from rtgevent import Config, Identity, Message, Realtime, Session, Unauthorized
 from rtgevent.client import ConnectRefused, connect
 from rtgevent.flask import CLIENT_JS, Dispatcher, FlaskState, blueprint, config_from_app, init_app
 from tests.conftest import Gunicorn, launch_gunicorn
+from tests.waiting import WAIT, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-WAIT = 20.0
 
 
 class CookieAuthenticator:
@@ -225,9 +223,9 @@ def test_register_time_prefix_moves_the_endpoint(served: Any) -> None:
 # ---------------------------------------------------------------------- gunicorn
 
 
-def start_gunicorn(worker: str) -> tuple[subprocess.Popen[bytes], int, list[str]]:
+def start_gunicorn(worker: str) -> Gunicorn:
     """gunicorn serving `gunicorn_app` with ``worker``."""
-    g = launch_gunicorn(
+    return launch_gunicorn(
         "-k",
         worker,
         "-w",
@@ -238,25 +236,22 @@ def start_gunicorn(worker: str) -> tuple[subprocess.Popen[bytes], int, list[str]
         "5",
         "tests.test_flask:gunicorn_app()",
     )
-    return g.proc, g.port, g.log
-
-
-def stop_gunicorn(proc: subprocess.Popen[bytes]) -> None:
-    Gunicorn(proc, 0, []).stop()
 
 
 @pytest.mark.parametrize("worker", ["gevent", "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"])
 def test_flask_endpoint_under_gunicorn(worker: str) -> None:
     """The Flask-mounted endpoint echoes under gunicorn's gevent worker and gevent-websocket's worker."""
-    proc, port, log = start_gunicorn(worker)
+    g = start_gunicorn(worker)
+    port, log = g.port, g.log
+
+    def index() -> tuple[int, dict[str, str], bytes] | None:
+        try:
+            return http_request(port, "GET", "/")
+        except OSError:
+            return None  # the worker boots after the master listens
+
     try:
-        with gevent.Timeout(WAIT, AssertionError("gunicorn worker did not answer:\n" + "\n".join(log))):
-            while True:  # the worker boots after the master listens
-                try:
-                    status, _, body = http_request(port, "GET", "/")
-                    break
-                except OSError:
-                    gevent.sleep(0.05)
+        status, _, body = wait_until(index, lambda: "gunicorn worker to answer:\n" + "\n".join(log))
         assert status == 200 and b'"started":true' in body.replace(b" ", b""), body  # lazily, in the worker
         with connect(f"ws://127.0.0.1:{port}/ws", timeout=WAIT) as client:
             assert client.request("echo", {"worker": worker}) == {"worker": worker}
@@ -264,5 +259,5 @@ def test_flask_endpoint_under_gunicorn(worker: str) -> None:
         status, _, body = http_request(port, "GET", "/ws/rtgevent.js")
         assert status == 200 and body == CLIENT_JS.read_bytes()
     finally:
-        stop_gunicorn(proc)
+        g.stop()
     assert not [line for line in log if "Traceback" in line], "\n".join(log)

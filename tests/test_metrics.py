@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rtgevent import Config, Realtime, recovery
 from rtgevent.metrics import latency, metrics_app, register
-from tests.conftest import WAIT, Server
+from tests.conftest import Server
+from tests.waiting import WAIT
 
 
 def scrape(server: Server) -> dict[str, float]:

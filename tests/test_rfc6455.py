@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from tests import rawws
-from tests.conftest import WAIT, Server
+from tests.conftest import Server
 from tests.rawws import BINARY, CLOSE, CONT, PING, PONG, TEXT, Frame, RawClient, close_payload, frame
+from tests.waiting import WAIT
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: payload lengths around the 7-bit / 16-bit / 64-bit length encodings (RFC 6455 section 5.2)

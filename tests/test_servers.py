@@ -15,8 +15,9 @@ import pytest
 import websocket
 
 from tests import rawws
-from tests.conftest import WAIT, Server, start_gunicorn
+from tests.conftest import Server, start_gunicorn
 from tests.procs import ServeProcess
+from tests.waiting import WAIT
 
 
 def _connect_all(server: Server, n: int) -> list[rawws.RawClient]:

@@ -14,8 +14,9 @@ import pytest
 import websocket
 
 from tests.clusterkit import AMQP, BROKERS, REDIS, Client
-from tests.conftest import ROOT, WAIT
+from tests.conftest import ROOT
 from tests.procs import ServeProcess
+from tests.waiting import WAIT
 
 THREADS, PER_THREAD = 8, 500
 

@@ -6,12 +6,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import gevent
 import websocket
 from gevent import monkey
 
 from rtgevent import BearerTokenAuthenticator, Config, Identity, Realtime, Session
-from tests.conftest import WAIT, Server
+from tests.conftest import Server
+from tests.waiting import WAIT, wait_until
 
 start_native_thread = monkey.get_original("_thread", "start_new_thread")
 allocate_native_lock = monkey.get_original("_thread", "allocate_lock")
@@ -30,9 +30,7 @@ def test_native_threads_deliver_without_hub_errors(serve_realtime: Callable[[Any
     server = serve_realtime(rt)
     alice = websocket.create_connection(f"ws://{server.host}:{server.port}/?access_token=alice", timeout=WAIT)
     bob = websocket.create_connection(f"ws://{server.host}:{server.port}/?access_token=bob", timeout=WAIT)
-    with gevent.Timeout(WAIT):
-        while len(sessions) < 2:
-            gevent.sleep(0.01)
+    wait_until(lambda: len(sessions) >= 2, "both sessions to connect")
     errors: list[BaseException] = []
     done = [allocate_native_lock() for _ in range(THREADS)]
     for lock in done:
@@ -65,10 +63,13 @@ def test_native_threads_deliver_without_hub_errors(serve_realtime: Callable[[Any
             assert i == seen.get(n, -1) + 1  # each thread's order is kept
             seen[n] = i
         assert seen == {n: PER_THREAD - 1 for n in range(THREADS)}
-    with gevent.Timeout(WAIT):
-        for lock in done:
-            while not lock.acquire(False):
-                gevent.sleep(0.01)
+    running = list(done)
+
+    def all_finished() -> bool:
+        running[:] = [lock for lock in running if not lock.acquire(False)]
+        return not running
+
+    wait_until(all_finished, "every thread to finish")
     assert errors == []
     alice.close()
     bob.close()
