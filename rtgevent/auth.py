@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from werkzeug.wrappers import Request
 
-from .errors import Unauthorized
+from .errors import InvalidOption, Unauthorized
 from .types import Identity
 
 __all__ = [
@@ -30,6 +30,17 @@ TokenVerifier = Callable[[str], Identity]
 
 @runtime_checkable
 class Authenticator(Protocol):
+    """Turns an upgrade request into an `Identity` or raises `Unauthorized`.
+
+    Two optional attributes tell the gate what an authenticator needs, so that it asks
+    the object instead of checking its class:
+
+    * ``in_band = True``: the identity comes after the upgrade, from the session's first
+      message (``rt.auth``), through a ``verify(token)`` method; ``authenticate`` is not called.
+    * ``static_identity``: an `Identity` that does not depend on the request: no
+      request object is built for it (the anonymous default, on every connection).
+    """
+
     def authenticate(self, request: Request) -> Identity: ...
 
 
@@ -45,8 +56,10 @@ def bearer_token(request: Request) -> str | None:
 class AnonymousAuthenticator:
     """The default: everyone is ``anonymous`` (guard the endpoint some other way)."""
 
+    static_identity = Identity("anonymous")
+
     def authenticate(self, request: Request) -> Identity:
-        return Identity("anonymous")
+        return self.static_identity
 
 
 class StaticTokenAuthenticator:
@@ -58,7 +71,7 @@ class StaticTokenAuthenticator:
 
     def __init__(self, token: str, identity: Identity) -> None:
         if not token:
-            raise ValueError("rtgevent: StaticTokenAuthenticator needs a non-empty token")
+            raise InvalidOption("token", "StaticTokenAuthenticator needs a non-empty token")
         self._token = token.encode()
         self._identity = identity
 
@@ -97,6 +110,9 @@ class InBandAuthenticator:
     ``auth_timeout``; until then no handler runs and the session is in neither the hub
     nor presence.  ``authenticate`` (before the upgrade) is never called for it.
     """
+
+    #: the gate admits without authenticating; the core verifies the first message
+    in_band = True
 
     def __init__(self, verify: TokenVerifier) -> None:
         self._verify = verify

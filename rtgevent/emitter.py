@@ -15,8 +15,8 @@ from typing import Any
 
 from .broker import Broker, broker_from_url
 from .codec import Codec, JSONCodec
-from .delivery import BROADCAST_TOPIC, BrokerPayload, encode_payload, publish_to_nodes
-from .errors import SessionClosed
+from .delivery import Fanout
+from .errors import InvalidOption, SessionClosed
 from .message import Message
 from .presence import Presence, presence_from_url
 from .types import SessionInfo
@@ -39,45 +39,37 @@ class Emitter:
     ) -> None:
         if broker is None:
             if broker_url is None:
-                raise ValueError("rtgevent: Emitter needs broker_url (or broker=)")
+                raise InvalidOption("broker_url", "Emitter needs broker_url (or broker=)")
             broker = broker_from_url(broker_url, namespace=namespace)
         if presence is None:
             if presence_url is None:
-                raise ValueError("rtgevent: Emitter needs presence_url (or presence=)")
+                raise InvalidOption("presence_url", "Emitter needs presence_url (or presence=)")
             presence = presence_from_url(presence_url, namespace=namespace)
         self.broker = broker
         self.presence = presence
         self.codec: Codec = codec or JSONCodec()
         #: the origin named in payloads (an emitter is no node: no node ignores its broadcasts)
         self.origin = f"emitter-{uuid.uuid4().hex[:12]}"
-
-    def _nodes(self, tenant_id: str, identity_id: str) -> list[str]:
-        return sorted({info.node_id for info in self.presence.get_identity_sessions(tenant_id, identity_id)})
+        # the gateway's own fan-out, with no local sessions: everything goes through the broker
+        self._fanout = Fanout(broker, presence, self.origin)
 
     def send_to_identity(self, tenant_id: str, identity_id: str, route: str, data: Any = None) -> int:
         """Send to every live session of the identity; returns how many nodes hold it.
 
         Raises `SessionClosed` when presence knows no session of it.
         """
-        nodes = self._nodes(tenant_id, identity_id)
-        if not nodes:
+        reach = self._fanout.to_identity(tenant_id, identity_id, self.codec.encode(Message(route, data)))
+        if not reach.nodes:
             raise SessionClosed(f"no live session for {tenant_id}/{identity_id}")
-        envelope = self.codec.encode(Message(route, data))
-        raw = encode_payload(BrokerPayload("identity", self.origin, envelope, tenant_id, identity_id))
-        return publish_to_nodes(self.broker, nodes, raw)
+        return reach.nodes
 
     def broadcast(self, route: str, data: Any = None) -> None:
         """Send to every session of every started node."""
-        envelope = self.codec.encode(Message(route, data))
-        self.broker.publish(BROADCAST_TOPIC, encode_payload(BrokerPayload("broadcast", self.origin, envelope)))
+        self._fanout.broadcast(self.codec.encode(Message(route, data)))
 
     def kick_identity(self, tenant_id: str, identity_id: str, code: int = 1008, reason: str = "kicked") -> int:
         """Close every live session of the identity with ``code``; returns how many nodes were asked."""
-        nodes = self._nodes(tenant_id, identity_id)
-        raw = encode_payload(
-            BrokerPayload("kick", self.origin, tenant=tenant_id, identity=identity_id, code=code, reason=reason)
-        )
-        return publish_to_nodes(self.broker, nodes, raw) if nodes else 0
+        return self._fanout.kick_identity(tenant_id, identity_id, code, reason).nodes
 
     def is_online(self, tenant_id: str, identity_id: str) -> bool:
         return self.presence.is_online(tenant_id, identity_id)

@@ -28,10 +28,11 @@ WebSocket requests too; middleware installed before it is bypassed for them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from flask import Blueprint, Flask, send_from_directory
 from flask.ctx import RequestContext
@@ -40,7 +41,6 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from .config import Config
-from .realtime import Realtime
 from .transport.handshake import is_upgrade_request
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "EXTENSION_KEY",
     "Dispatcher",
     "FlaskState",
+    "Mountable",
     "blueprint",
     "config_from_app",
     "init_app",
@@ -57,6 +58,17 @@ __all__ = [
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+class Mountable(Protocol):
+    """What the integration needs of a `Realtime` (it never imports the facade: no circle)."""
+
+    logger: logging.Logger
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]: ...
+
+    def ensure_started(self) -> None: ...
+
 
 #: ``app.extensions`` key (Flask's convention: the extension's name)
 EXTENSION_KEY = "rtgevent"
@@ -82,7 +94,7 @@ class _WebSocketView:
     upgrade reached Flask's own view dispatch, bypassing the dispatcher.
     """
 
-    def __init__(self, rt: Realtime) -> None:
+    def __init__(self, rt: Mountable) -> None:
         self.realtime = rt
         self.__name__ = "rtgevent_websocket"
 
@@ -98,11 +110,11 @@ class FlaskState:
     """What ``app.extensions["rtgevent"]`` holds for one Flask application."""
 
     #: the first `Realtime` mounted on the app (the usual case: the only one)
-    realtime: Realtime
+    realtime: Mountable
     dispatcher: Dispatcher
 
     @property
-    def realtimes(self) -> list[Realtime]:
+    def realtimes(self) -> list[Mountable]:
         return list(self.dispatcher.realtimes)
 
 
@@ -112,11 +124,11 @@ class Dispatcher:
     def __init__(self, app: Flask, wsgi_app: WSGIApp) -> None:
         self.app = app
         self.wsgi_app = wsgi_app
-        self.realtimes: list[Realtime] = []
+        self.realtimes: list[Mountable] = []
         # the pid that ran the lazy start: a forked worker starts its own nodes
         self._started_in: int | None = None
 
-    def add(self, rt: Realtime) -> None:
+    def add(self, rt: Mountable) -> None:
         if rt not in self.realtimes:
             self.realtimes.append(rt)
 
@@ -140,7 +152,7 @@ class Dispatcher:
                 # start must not turn every page of the application into a 500.
                 rt.logger.exception("rtgevent: could not start the node on the first request")
 
-    def _realtime_for(self, ctx: RequestContext) -> Realtime | None:
+    def _realtime_for(self, ctx: RequestContext) -> Mountable | None:
         """The `Realtime` whose WebSocket rule this request matches, if any."""
         adapter = ctx.url_adapter
         if adapter is None:
@@ -153,7 +165,7 @@ class Dispatcher:
         return view.realtime if isinstance(view, _WebSocketView) else None
 
     def _serve(
-        self, rt: Realtime, ctx: RequestContext, environ: Environ, start_response: StartResponse
+        self, rt: Mountable, ctx: RequestContext, environ: Environ, start_response: StartResponse
     ) -> Iterable[bytes]:
         # The same push / pop as Flask.wsgi_app: the session is opened on push (so
         # flask.session works during authentication) and teardown functions run on pop.
@@ -168,7 +180,7 @@ class Dispatcher:
             ctx.pop(error)
 
 
-def install_dispatcher(app: Flask, rt: Realtime) -> FlaskState:
+def install_dispatcher(app: Flask, rt: Mountable) -> FlaskState:
     """Wrap ``app.wsgi_app`` once per app and record ``rt`` in ``app.extensions["rtgevent"]``."""
     state = app.extensions.get(EXTENSION_KEY)
     if state is None:
@@ -187,7 +199,7 @@ def _client_js() -> Response:
     return send_from_directory(STATIC_DIR, CLIENT_JS.name, mimetype="text/javascript")
 
 
-def blueprint(rt: Realtime, name: str = "rtgevent", url_prefix: str | None = "/ws") -> Blueprint:
+def blueprint(rt: Mountable, name: str = "rtgevent", url_prefix: str | None = "/ws") -> Blueprint:
     """A blueprint with the WebSocket endpoint at ``url_prefix`` and the JS client under it.
 
     Endpoints: ``<name>.websocket`` (``url_for`` gives its path) and ``<name>.client_js``
@@ -207,7 +219,7 @@ def blueprint(rt: Realtime, name: str = "rtgevent", url_prefix: str | None = "/w
     return bp
 
 
-def init_app(rt: Realtime, app: Flask, path: str = "/ws", *, name: str = "rtgevent") -> FlaskState:
+def init_app(rt: Mountable, app: Flask, path: str = "/ws", *, name: str = "rtgevent") -> FlaskState:
     """Mount ``rt`` on ``app`` at ``path`` (the JS client at ``<path>/rtgevent.js``).
 
     The extension-style spelling of ``app.register_blueprint(rt.blueprint(url_prefix=path))``.

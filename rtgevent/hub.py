@@ -51,3 +51,7 @@ class Hub:
 
     def sessions(self) -> list[Session]:
         return list(self._by_id.values())
+
+    def identities(self) -> list[IdentityKey]:
+        """The (tenant, identity) pairs with a live session here: empty once every session left."""
+        return list(self._by_identity)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from .errors import HandlerError, HandlerTimeout, RealtimeError
+from .errors import HandlerError, HandlerTimeout, InvalidOption, RealtimeError
 from .message import Message
 
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ __all__ = ["Handler", "Middleware", "build_chain", "logger", "recovery", "timeou
 
 Handler = Callable[["Session", Message], Any]
 Middleware = Callable[[Handler], Handler]
-ErrorReporter = Callable[[BaseException, "Session | None"], None]
 
 
 def build_chain(middleware: Sequence[Middleware], handler: Handler) -> Handler:
@@ -50,7 +49,7 @@ def recovery() -> Middleware:
             except RealtimeError:
                 raise
             except Exception as exc:
-                session._report(exc)
+                session.report(exc)
                 raise _Reported(_describe(session, exc)) from exc
 
         return handler
@@ -59,7 +58,7 @@ def recovery() -> Middleware:
 
 
 def _describe(session: Session, exc: BaseException) -> str:
-    return f"handler error: {exc!r}" if session._debug else "handler error"
+    return f"handler error: {exc!r}" if session.debug else "handler error"
 
 
 class _Timeout(gevent.Timeout):  # type: ignore[misc]
@@ -72,7 +71,7 @@ def timeout(seconds: float) -> Middleware:
     Only blocking handlers can be cut: gevent interrupts at the next switch.
     """
     if seconds <= 0:
-        raise ValueError("rtgevent: timeout() needs a positive number of seconds")
+        raise InvalidOption("seconds", f"timeout() needs a positive number of seconds, got {seconds!r}")
 
     def middleware(next_handler: Handler) -> Handler:
         def handler(session: Session, msg: Message) -> Any:

@@ -2,6 +2,11 @@
 
 It exposes read-only facts and the send / close verbs; the socket, the queue and the
 greenlets stay inside its `Connection`, so application code cannot break the lifecycle.
+
+A few methods are the framework's side of the session, public so that the rooms that
+need them (delivery, the core, the test client) ask for them by name rather than reach
+into private state: `push_frame`, `request_close`, `finish`, `served_here`, `report`, `debug`.  Applications
+use `send`, `close` and `wait_closed`.
 """
 
 from __future__ import annotations
@@ -10,18 +15,25 @@ import datetime
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from gevent import getcurrent
 from gevent.event import Event
 
 from .codec import Codec
 from .errors import SessionClosed
+from .lifecycle import Closing
 from .message import Message
 from .threadsafe import HubCaller
-from .transport.frames import Closing, OutItem
+from .transport.frames import OutItem
 from .types import DisconnectInfo, Identity, Initiator, SessionInfo, utcnow
 
-__all__ = ["Session"]
+__all__ = ["ConnectHook", "DisconnectHook", "ErrorHook", "Session", "Transport"]
 
-ErrorReporter = Callable[[BaseException, "Session | None"], None]
+#: ``@rt.on_connect``: ``fn(session)``; raising rejects the session
+ConnectHook = Callable[["Session"], None]
+#: ``@rt.on_disconnect``: ``fn(session, info)``, once per session that was open
+DisconnectHook = Callable[["Session", DisconnectInfo], None]
+#: ``@rt.on_error``: ``fn(error, session_or_None)``; also how a session reports its errors
+ErrorHook = Callable[[BaseException, "Session | None"], None]
 
 
 class Transport(Protocol):
@@ -71,7 +83,7 @@ class Session:
         codec: Codec,
         *,
         node_id: str,
-        report_error: ErrorReporter,
+        report_error: ErrorHook,
         debug: bool = False,
         caller: HubCaller | None = None,
     ) -> None:
@@ -118,8 +130,12 @@ class Session:
             raise SessionClosed("session has no connection")
         conn.enqueue(conn.frame(payload))
 
-    def _push_frame(self, frame: bytes, payload: str | bytes) -> None:
-        """Queue a frame prepared once for many sessions (a broadcast)."""
+    def push_frame(self, frame: bytes, payload: str | bytes) -> None:
+        """Framework side: queue a frame prepared once for many sessions (a broadcast).
+
+        ``payload`` is the envelope the frame carries, for a connection that negotiated an
+        extension and must frame (compress) it itself.
+        """
         conn = self._conn
         if conn is None:
             raise SessionClosed("session has no connection")
@@ -130,9 +146,10 @@ class Session:
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close after what is already queued; idempotent, the first call records ``server``."""
-        self._close(Closing(Initiator.SERVER, code, reason, flush=True))
+        self.request_close(Closing(Initiator.SERVER, code, reason, flush=True))
 
-    def _close(self, closing: Closing) -> bool:
+    def request_close(self, closing: Closing) -> bool:
+        """Framework side: close with any initiator; False if it was closing already."""
         if self._conn is None:
             return False
         return self._conn.close(closing)
@@ -158,12 +175,27 @@ class Session:
 
     # ------------------------------------------------------------------ framework side
 
-    def _finish(self, info: DisconnectInfo) -> None:
+    def served_here(self) -> bool:
+        """Framework side: True when the calling greenlet is this session's reader.
+
+        A handler that shuts the gateway down must not wait for its own session to end.
+        """
+        conn = self._conn
+        return conn is not None and conn.reader is getcurrent()
+
+    def finish(self, info: DisconnectInfo) -> None:
+        """Framework side: record why the session ended and wake `wait_closed`."""
         self._info = info
         if self._ended is not None:
             self._ended.set()
 
-    def _report(self, error: BaseException) -> None:
+    @property
+    def debug(self) -> bool:
+        """Framework side: errors may show their text to this client (``Config.debug``)."""
+        return self._debug
+
+    def report(self, error: BaseException) -> None:
+        """Framework side: give ``error`` to the on_error hooks, naming this session (middleware uses it)."""
         self._report_error(error, self)
 
     def info(self, expires_at: datetime.datetime | None = None) -> SessionInfo:

@@ -3,7 +3,8 @@
 Like Flask's test client: the same decode → route → middleware → reply code runs as
 for a WebSocket client, and everything the session is sent is decoded back into
 `Message` objects.  Hooks run too (on_connect when the client is made, on_disconnect
-when it is closed).
+when it is closed).  It drives the core's public API (`App.new_session`,
+`App.open_session`, `App.dispatch`, `App.end_session`), the same calls the gateway makes.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 from gevent import getcurrent
 
 from .errors import SessionClosed
+from .lifecycle import Closing, Ending, Lifecycle
 from .message import ERROR_ROUTE, REPLY_ROUTE, Message, MessageId
-from .session import Session
-from .transport.frames import Closing, Outcome, OutItem
+from .transport.frames import OutItem
 from .types import Identity, Initiator
 
 if TYPE_CHECKING:
-    from .realtime import Realtime
+    from .app import App
 
 __all__ = ["TestClient"]
 
@@ -54,11 +55,8 @@ class _Sink:
         self._closing = closing
         return True
 
-    def outcome(self) -> Outcome:
-        closing = self._closing
-        if closing is None:
-            return Initiator.CLIENT, 1000, "", None
-        return closing.initiator, closing.code, closing.reason, closing.error
+    def ending(self) -> Ending:
+        return Ending(closing=self._closing)
 
 
 class TestClient:
@@ -66,22 +64,14 @@ class TestClient:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, rt: Realtime, identity: Identity) -> None:
+    def __init__(self, rt: App, identity: Identity) -> None:
         self._rt = rt
-        self._router = rt._freeze()
+        rt.freeze()
         self._sink = _Sink()
         self._seen = 0
-        self.session = Session(
-            rt._new_id(),
-            identity,
-            "test-client",
-            self._sink,
-            rt.codec,
-            node_id=rt.node_id,
-            report_error=rt._report,
-            debug=rt.config.debug,
-        )
-        self._registered = rt._register(self.session)
+        self._life = Lifecycle(in_band=False)
+        self.session = rt.new_session(self._sink, identity, "test-client")
+        rt.open_session(self.session, self._life)
         self._ended = False
 
     @property
@@ -92,7 +82,7 @@ class TestClient:
         """Dispatch one raw frame (as a client would send it); return the new messages."""
         if not self.connected:
             raise SessionClosed("test client is closed")
-        self._rt._dispatch(self.session, frame, self._router)
+        self._rt.dispatch(self.session, frame)
         return self.get_received()
 
     def send(self, route: str, data: Any = None, *, id: MessageId | None = None) -> list[Message]:
@@ -118,7 +108,7 @@ class TestClient:
             return
         self._ended = True
         self._sink.close(Closing(Initiator.CLIENT, code, reason, flush=False))
-        self._rt._end(self.session, self._sink.outcome(), self._registered)
+        self._rt.end_session(self.session, self._sink.ending(), self._life)
 
     def __enter__(self) -> TestClient:
         return self

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .errors import InvalidOption
+
 __all__ = ["DisconnectInfo", "Identity", "Initiator", "SessionInfo", "utcnow"]
 
 
@@ -48,7 +50,7 @@ class Identity:
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
-            raise ValueError("rtgevent: Identity.id must be a non-empty string")
+            raise InvalidOption("Identity.id", f"must be a non-empty string, got {self.id!r}")
         object.__setattr__(self, "roles", tuple(self.roles))
         object.__setattr__(self, "claims", MappingProxyType(dict(self.claims)))
 
@@ -81,19 +83,6 @@ class SessionInfo:
             "connected_at": self.connected_at.isoformat(),
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
         }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SessionInfo:
-        expires = data.get("expires_at")
-        return cls(
-            session_id=str(data["session_id"]),
-            identity_id=str(data["identity_id"]),
-            tenant_id=str(data["tenant_id"]),
-            node_id=str(data["node_id"]),
-            remote_addr=str(data.get("remote_addr", "")),
-            connected_at=datetime.datetime.fromisoformat(data["connected_at"]),
-            expires_at=datetime.datetime.fromisoformat(expires) if expires else None,
-        )
 
 
 @dataclasses.dataclass(frozen=True)

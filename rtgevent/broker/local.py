@@ -24,6 +24,9 @@ class _LocalSubscription:
 class LocalBroker:
     """Delivers synchronously, in the publisher's greenlet, to every subscriber of a topic."""
 
+    #: reaches no other process: a node on it needs no start to serve
+    shared = False
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._topics: dict[str, list[BrokerHandler]] = {}

@@ -11,6 +11,12 @@ __all__ = ["Presence"]
 
 @runtime_checkable
 class Presence(Protocol):
+    """Which sessions are live on which node, for the whole cluster.
+
+    An implementation may set ``shared = False`` when it reaches no other process (the
+    in-process `MemoryPresence`); without the attribute a store counts as shared.
+    """
+
     def register(self, info: SessionInfo) -> None: ...
 
     def unregister(self, session_id: str) -> None: ...

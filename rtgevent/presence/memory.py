@@ -12,6 +12,9 @@ __all__ = ["MemoryPresence"]
 class MemoryPresence:
     """A dict behind a lock; node leases are not needed, a process cannot outlive itself."""
 
+    #: reaches no other process: a node on it needs no start to serve
+    shared = False
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sessions: dict[str, SessionInfo] = {}

@@ -27,9 +27,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from .handshake import Accept, headers_101, response_101
+from .frames import close_frame
+from .handshake import Accept, Refusal, headers_101, response_101
 
-__all__ = ["Acquired", "acquire", "uses_prior_handshake"]
+__all__ = ["Acquired", "acquire", "refuse", "uses_prior_handshake"]
 
 StartResponse = Callable[..., Any]
 
@@ -128,3 +129,28 @@ def acquire(environ: dict[str, Any], start_response: StartResponse, accept: Acce
 
 def _nothing() -> None:
     pass
+
+
+def refuse(
+    environ: dict[str, Any],
+    start_response: StartResponse,
+    response: Refusal,
+    close_code: int,
+    reason: str,
+) -> list[bytes]:
+    """Turn an upgrade away: an HTTP answer, or a close frame where the 101 is already out.
+
+    Under gevent-websocket the handshake happened before the application ran, so a
+    refusal can only be a close frame sent before any message is read (SPEC section 4).
+    """
+    if not uses_prior_handshake(environ):
+        start_response(response.status, list(response.headers))
+        return [response.body]
+    acquired = acquire(environ, start_response, None)
+    try:
+        acquired.sock.sendall(close_frame(close_code, reason))
+    except OSError:
+        pass
+    finally:
+        acquired.release()
+    return []

@@ -52,9 +52,11 @@ from websockets.protocol import CLOSED, OPEN, SEND_EOF, Protocol, Side
 
 from ..config import Backpressure
 from ..errors import BackpressureError, SessionClosed
+from ..lifecycle import Closing, Ending
 from ..outbox import Outbox, Verdict
+from ..stats import Stats
 from ..types import Initiator
-from .frames import Closing, Outcome, OutItem, encode_frame
+from .frames import OutItem, encode_frame
 
 __all__ = ["Connection"]
 
@@ -132,7 +134,7 @@ class Connection:
         send_queue_size: int,
         backpressure: Backpressure,
         extensions: list[Extension],
-        stats: Any,
+        stats: Stats,
     ) -> None:
         self._sock = sock
         # Frames go out as soon as they are written: with Nagle's algorithm a small frame sent
@@ -569,25 +571,23 @@ class Connection:
 
     # ------------------------------------------------------------------ results
 
-    def outcome(self) -> Outcome:
-        """Who ended the connection, with which code and reason, and the error if any."""
+    def ending(self) -> Ending:
+        """What this connection saw as it ended; `rtgevent.lifecycle.disconnect_info` judges it."""
         protocol = self._protocol
-        closing = self._closing
         parser_exc = protocol.parser_exc
-        if closing is not None and not closing.abort:
-            return closing.initiator, closing.code, closing.reason, closing.error
+        failure = self.failure
+        protocol_error: BaseException | None = None
         # Invalid UTF-8 fails the connection whether it was in a message (our check) or in a
-        # close reason (the protocol's), RFC 6455 section 8.1.
-        if isinstance(parser_exc, (ProtocolError, PayloadTooBig, UnicodeDecodeError)) or isinstance(
-            self.failure, UnicodeDecodeError
-        ):
-            sent = protocol.close_sent
-            code = sent.code if sent is not None else 1002
-            reason = sent.reason if sent is not None else ""
-            return Initiator.ERROR, code, reason, parser_exc or self.failure
-        rcvd = protocol.close_rcvd
-        if rcvd is not None:
-            return Initiator.CLIENT, rcvd.code, rcvd.reason, None
-        if closing is not None:
-            return closing.initiator, closing.code, closing.reason, closing.error or self.failure
-        return Initiator.CLIENT, 1006, "connection dropped", self.failure
+        # close reason (the protocol's), RFC 6455 section 8.1; so does an oversize message.
+        if isinstance(parser_exc, (ProtocolError, PayloadTooBig, UnicodeDecodeError)):
+            protocol_error = parser_exc
+        elif isinstance(failure, (UnicodeDecodeError, PayloadTooBig)):
+            protocol_error = failure
+        sent, rcvd = protocol.close_sent, protocol.close_rcvd
+        return Ending(
+            closing=self._closing,
+            received=(rcvd.code, rcvd.reason) if rcvd is not None else None,
+            sent=(sent.code, sent.reason) if sent is not None else None,
+            protocol_error=protocol_error,
+            failure=failure,
+        )

@@ -1,4 +1,4 @@
-"""Frames and close requests as plain data (pure: no socket, no greenlet).
+"""Server frames as plain bytes (pure: no socket, no greenlet).
 
 Kept apart from the frame engine so that code outside the gevent world (the broker
 payload format, the Emitter) can use them without importing gevent.
@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from websockets.frames import Close, Frame, Opcode
 
-from ..types import Initiator
-
-__all__ = ["Closing", "OutItem", "Outcome", "close_frame", "encode_frame"]
+__all__ = ["OutItem", "close_frame", "encode_frame"]
 
 
 def _header(opcode: int, length: int) -> bytes:
@@ -37,33 +35,6 @@ def close_frame(code: int, reason: str) -> bytes:
     """A complete server close frame, for refusing a connection before it runs."""
     return Frame(Opcode.CLOSE, Close(code, reason).serialize()).serialize(mask=False)
 
-
-class Closing:
-    """A close request: who asked, with which code, and whether queued data goes first."""
-
-    __slots__ = ("abort", "code", "error", "flush", "initiator", "reason")
-
-    def __init__(
-        self,
-        initiator: Initiator,
-        code: int,
-        reason: str,
-        *,
-        flush: bool,
-        error: BaseException | None = None,
-        abort: bool = False,
-    ) -> None:
-        #: True when the stream failed under us (no close handshake was possible)
-        self.abort = abort
-        self.initiator = initiator
-        self.code = code
-        self.reason = reason
-        self.flush = flush
-        self.error = error
-
-
-#: who ended a connection, the close code and reason, and the error if any
-Outcome = tuple[Initiator, int, str, BaseException | None]
 
 # An outbox item: a ready frame (no extension negotiated), or (is_text, payload) to be
 # framed (and compressed) by the protocol.

@@ -1,0 +1,390 @@
+"""The socket-free core: registration, dispatch of one message, a session's start and end.
+
+Split from the WSGI side the way Flask splits ``sansio/app.py`` from its ``Flask`` class:
+`App` knows routes, hooks and middleware, decodes and answers one client message, and
+registers and ends a session (hub, presence, hooks, backend events), but it never sees a
+socket or a WSGI environ.  `Realtime` subclasses it and adds admission, the frame engine
+and the cluster; `rtgevent.testing.TestClient` drives the same public methods with no
+socket at all, so what a test client checks is what a WebSocket client gets.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+from gevent import Timeout
+from gevent.event import Event
+
+from .auth import Authenticator
+from .codec import Codec
+from .config import Config
+from .delivery import Fanout
+from .errors import (
+    AlreadyStarted,
+    BadMessage,
+    HandlerError,
+    InvalidOption,
+    RealtimeError,
+    SessionClosed,
+    Unauthorized,
+    UnknownRoute,
+)
+from .ids import IdGenerator
+from .lifecycle import Closing, Ending, Lifecycle, disconnect_info
+from .lifecycle import Event as LifeEvent
+from .message import AUTH_ROUTE, REPLY_ROUTE, RESERVED_PREFIX, Message, error_message, reply_message
+from .middleware import Handler, Middleware, build_chain
+from .router import Router
+from .session import ConnectHook, DisconnectHook, ErrorHook, Session, Transport
+from .stats import Stats
+from .threadsafe import HubCaller
+from .types import DisconnectInfo, Identity, Initiator
+
+if TYPE_CHECKING:
+    from .events import KombuEvents
+
+__all__ = ["App", "setupmethod"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+A = TypeVar("A", bound="App")
+HandlerT = TypeVar("HandlerT", bound=Handler)
+ConnectHookT = TypeVar("ConnectHookT", bound=ConnectHook)
+DisconnectHookT = TypeVar("DisconnectHookT", bound=DisconnectHook)
+ErrorHookT = TypeVar("ErrorHookT", bound=ErrorHook)
+
+#: errors a client causes; logged at debug level when no on_error hook is registered
+_CLIENT_ERRORS = (BadMessage, UnknownRoute, Unauthorized)
+
+
+def setupmethod(fn: Callable[Concatenate[A, P], R]) -> Callable[Concatenate[A, P], R]:
+    """Refuse a registration once the application serves (Flask's ``setupmethod``).
+
+    The chain of middleware is baked into every handler when serving starts: a route or
+    hook added later would silently never run, so it raises `AlreadyStarted` instead.
+    """
+    what = fn.__name__
+
+    @functools.wraps(fn)
+    def guarded(self: A, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.serving:
+            raise AlreadyStarted(f"cannot call {what}() once the application is serving")
+        return fn(self, *args, **kwargs)
+
+    return guarded
+
+
+class App:
+    """Routes, hooks, middleware and the life of one session, without sockets."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        authenticator: Authenticator,
+        codec: Codec,
+        fanout: Fanout,
+        logger: logging.Logger,
+        id_generator: IdGenerator,
+        events: KombuEvents | None,
+        stats: Stats,
+        caller: HubCaller,
+        presence_failed: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.authenticator = authenticator
+        self.codec = codec
+        self.logger = logger
+        #: backend event stream (seed 003): enter / message / leave, or None
+        self.events = events
+        self.fanout = fanout
+        assert fanout.hub is not None, "a gateway's fanout has a hub"
+        self.hub = fanout.hub
+        self.counters = stats
+        self._new_id = id_generator
+        self._caller = caller
+        self._presence_failed = presence_failed
+        self._router: Router[Handler] = Router()
+        self._middleware: list[Middleware] = []
+        self._dispatch_router: Router[Handler] | None = None
+        self._on_connect: list[ConnectHook] = []
+        self._on_disconnect: list[DisconnectHook] = []
+        self._on_error: list[ErrorHook] = []
+        #: sessions between admission and their end (rejected ones included)
+        self._live = 0
+        self._idle = Event()
+        self._idle.set()
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id
+
+    # ------------------------------------------------------------------ registration
+
+    @property
+    def serving(self) -> bool:
+        """True once the first request was served (or a test client made): registration is over."""
+        return self._dispatch_router is not None
+
+    @setupmethod
+    def route(self, route: str) -> Callable[[HandlerT], HandlerT]:
+        """Register a handler for exactly ``route`` (highest priority)."""
+        _check_not_reserved("route", route)
+
+        def decorator(fn: HandlerT) -> HandlerT:
+            self._router.add_route(route, fn)
+            return fn
+
+        return decorator
+
+    @setupmethod
+    def prefix(self, prefix: str) -> Callable[[HandlerT], HandlerT]:
+        """Register a handler for every route starting with ``prefix``; the longest wins."""
+        _check_not_reserved("prefix", prefix)
+
+        def decorator(fn: HandlerT) -> HandlerT:
+            self._router.add_prefix(prefix, fn)
+            return fn
+
+        return decorator
+
+    @setupmethod
+    def on_message(self, fn: HandlerT) -> HandlerT:
+        """Register the fallback handler, for messages no route or prefix matched."""
+        self._router.fallback = fn
+        return fn
+
+    @setupmethod
+    def use(self, *middleware: Middleware) -> None:
+        """Append middleware; the first registered is the outermost."""
+        self._middleware.extend(middleware)
+
+    @setupmethod
+    def on_connect(self, fn: ConnectHookT) -> ConnectHookT:
+        """``fn(session)`` after hub and presence registration; raising rejects the session."""
+        self._on_connect.append(fn)
+        return fn
+
+    @setupmethod
+    def on_disconnect(self, fn: DisconnectHookT) -> DisconnectHookT:
+        """``fn(session, info)`` once, after the session left hub and presence."""
+        self._on_disconnect.append(fn)
+        return fn
+
+    @setupmethod
+    def on_error(self, fn: ErrorHookT) -> ErrorHookT:
+        """``fn(error, session_or_None)``: without one, errors go to the logger."""
+        self._on_error.append(fn)
+        return fn
+
+    def freeze(self) -> Router[Handler]:
+        """End registration: bake the middleware into every handler, once; the dispatch router."""
+        router = self._dispatch_router
+        if router is None:
+            middleware = tuple(self._middleware)
+            router = self._router.map(lambda handler: build_chain(middleware, handler))
+            self._dispatch_router = router
+        return router
+
+    # ------------------------------------------------------------------ errors
+
+    def report(self, error: BaseException, session: Session | None = None) -> None:
+        """Give ``error`` to the on_error hooks, or to the logger when there is none."""
+        if not self._on_error:
+            if isinstance(error, _CLIENT_ERRORS):
+                self.logger.debug("%s (session %s)", error, session.id if session else "-")
+            else:
+                self.logger.error(
+                    "rtgevent: error (session %s): %r",
+                    session.id if session else "-",
+                    error,
+                    exc_info=(type(error), error, error.__traceback__),
+                )
+            return
+        for hook in self._on_error:
+            try:
+                hook(error, session)
+            except Exception:
+                self.logger.exception("rtgevent: on_error hook failed")
+
+    # ------------------------------------------------------------------ one session
+
+    def new_session(self, transport: Transport, identity: Identity, remote_addr: str) -> Session:
+        """A session over ``transport``, counted live until `end_session`."""
+        session = Session(
+            self._new_id(),
+            identity,
+            remote_addr,
+            transport,
+            self.codec,
+            node_id=self.config.node_id,
+            report_error=self.report,
+            debug=self.config.debug,
+            caller=self._caller,
+        )
+        self.counters.connections_total += 1
+        self._live += 1
+        self._idle.clear()
+        return session
+
+    def open_session(self, session: Session, life: Lifecycle) -> bool:
+        """Put a session in the hub and presence and run on_connect; False if it was rejected."""
+        if self.config.session_policy == "replace":
+            self._replace_older(session)
+        self.hub.add(session)
+        try:
+            self.fanout.presence.register(session.info())
+        except Exception as exc:
+            # Presence down (a Redis restart): the session still works locally; the lease
+            # renewer registers every local session again once presence answers.
+            self._presence_failed()
+            self.report(exc, session)
+        try:
+            for hook in self._on_connect:
+                hook(session)
+        except Exception as exc:
+            self._unregister(session)
+            self.report(exc, session)
+            life.advance(LifeEvent.REJECTED)
+            code = 1008 if isinstance(exc, Unauthorized) else 1011
+            session.request_close(Closing(Initiator.SERVER, code, "rejected", flush=True))
+            return False
+        life.advance(LifeEvent.REGISTERED)
+        if self.events is not None:
+            self.events.enter(session)
+        return True
+
+    def _unregister(self, session: Session) -> None:
+        self.hub.remove(session)
+        try:
+            self.fanout.presence.unregister(session.id)
+        except Exception as exc:
+            self.report(exc, session)
+
+    def _replace_older(self, session: Session) -> None:
+        """``session_policy="replace"``: close the identity's other sessions, here and elsewhere."""
+        identity = session.identity
+        try:
+            self.fanout.kick_identity(identity.tenant_id, identity.id, 4001, "replaced by a new session", spare=session)
+        except Exception as exc:
+            self.report(exc, session)
+
+    def end_session(self, session: Session, ending: Ending, life: Lifecycle) -> DisconnectInfo:
+        """The session is over: leave hub and presence, run on_disconnect; why it ended."""
+        info = disconnect_info(ending)
+        was_open = life.was_open
+        life.advance(LifeEvent.ENDED)
+        if was_open:
+            self._unregister(session)
+        session.finish(info)
+        if info.error is not None and not info.expected:
+            self.report(info.error, session)
+        if was_open:
+            if self.events is not None:
+                self.events.leave(session, info)
+            for hook in self._on_disconnect:
+                try:
+                    hook(session, info)
+                except Exception as exc:
+                    self.report(exc, session)
+        self._live -= 1
+        if self._live == 0:
+            self._idle.set()
+        return info
+
+    def close_sessions(self, closing: Closing) -> bool:
+        """Ask every local session to close; True if the calling greenlet serves one of them."""
+        mine = False
+        for session in self.hub.sessions():
+            mine = session.served_here() or mine
+            session.request_close(closing)
+        return mine
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until every session ended (its hooks included); False on timeout."""
+        return bool(self._idle.wait(timeout))
+
+    # ------------------------------------------------------------------ one message
+
+    def receive(self, session: Session, payload: str | bytes, life: Lifecycle) -> None:
+        """One client message, in the reader greenlet: in-band authentication or dispatch."""
+        if life.authenticating:
+            self.authenticate_in_band(session, payload, life)
+        else:
+            self.dispatch(session, payload)
+
+    def dispatch(self, session: Session, payload: str | bytes) -> None:
+        """Decode, route, run the chain, answer: one client message."""
+        router = self._dispatch_router or self.freeze()
+        msg_id: Any = None
+        try:
+            msg = self.codec.decode(payload)
+            msg_id = msg.id
+            handler = router.resolve(msg.route)
+            events = self.events
+            if events is not None and events.wants(msg.route):
+                events.message(session, msg)
+                if handler is None:
+                    return  # the backend answers this route
+            if handler is None:
+                raise UnknownRoute(msg.route)
+            result = handler(session, msg)
+            if result is not None and msg_id is not None:
+                session.send_message(reply_message(msg_id, result))
+        except SessionClosed:
+            return
+        except RealtimeError as exc:
+            if not isinstance(exc, HandlerError):
+                self.report(exc, session)
+            self._answer_error(session, msg_id, exc.wire_code, exc.message)
+        except Exception as exc:
+            self.report(exc, session)
+            text = f"handler error: {exc!r}" if self.config.debug else "handler error"
+            self._answer_error(session, msg_id, "handler_error", text)
+
+    def _answer_error(self, session: Session, msg_id: Any, code: str, text: str) -> None:
+        try:
+            session.send_message(error_message(msg_id, code, text))
+        except RealtimeError:
+            pass  # closing or full: the client is gone or too slow to care
+
+    def authenticate_in_band(self, session: Session, payload: str | bytes, life: Lifecycle) -> None:
+        """The first message of an in-band session: ``rt.auth`` with a token, then registration."""
+        msg_id: Any = None
+        verify = getattr(self.authenticator, "verify", None)
+        try:
+            if verify is None:
+                raise Unauthorized("the authenticator cannot verify in-band tokens")
+            msg = self.codec.decode(payload)
+            msg_id = msg.id
+            if msg.route != AUTH_ROUTE:
+                raise Unauthorized("the first message must be rt.auth")
+            with Timeout(self.config.auth_timeout, Unauthorized("authentication timed out")):
+                identity = verify(msg.data)
+            if not isinstance(identity, Identity):
+                raise Unauthorized("authenticator returned no identity")
+        except Exception as exc:
+            if not isinstance(exc, Unauthorized):
+                self.report(exc, session)
+                exc = Unauthorized("authentication failed")
+            self.report(exc, session)
+            life.advance(LifeEvent.REJECTED)
+            self._answer_error(session, msg_id, "unauthorized", exc.message)
+            session.request_close(Closing(Initiator.ERROR, 1008, "unauthorized", flush=True))
+            return
+        life.advance(LifeEvent.AUTHENTICATED)
+        session.identity = identity
+        if self.open_session(session, life) and not session.closed:
+            answer = {"session_id": session.id, "identity_id": identity.id}
+            if msg_id is not None:
+                session.send_message(reply_message(msg_id, answer))
+            else:
+                session.send_message(Message(REPLY_ROUTE, answer))
+
+
+def _check_not_reserved(kind: str, name: str) -> None:
+    if name.startswith(RESERVED_PREFIX):
+        raise InvalidOption(kind, f"{name!r}: routes starting with {RESERVED_PREFIX!r} are reserved for the framework")
