@@ -84,12 +84,13 @@ def _serve(
 
 def _connect(rt: Any, broker: str | None, presence: str | None) -> None:
     """Apply ``--broker`` / ``--presence`` to a Realtime that was built with the in-process defaults."""
-    from .broker import LocalBroker, broker_from_url
-    from .presence import MemoryPresence, presence_from_url
+    from .broker import broker_from_url
+    from .presence import presence_from_url
 
-    if broker and isinstance(rt.broker, LocalBroker):
+    # only the in-process defaults are replaced: an application that chose a broker keeps it
+    if broker and not getattr(rt.broker, "shared", True):
         rt.broker = broker_from_url(broker)
-    if presence and isinstance(rt.presence, MemoryPresence):
+    if presence and not getattr(rt.presence, "shared", True):
         rt.presence = presence_from_url(presence, ttl=rt.config.presence_ttl)
 
 

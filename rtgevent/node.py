@@ -46,8 +46,6 @@ class Node:
     ) -> None:
         self.config = config
         self.fanout = fanout
-        self.broker: Broker = fanout.broker
-        self.presence: Presence = fanout.presence
         self.events = events
         self._stats = stats
         self._report = report
@@ -56,6 +54,14 @@ class Node:
         self._renewer: gevent.Greenlet | None = None
         self._presence_stale = False
         self._stopped = False
+
+    @property
+    def broker(self) -> Broker:
+        return self.fanout.broker
+
+    @property
+    def presence(self) -> Presence:
+        return self.fanout.presence
 
     @property
     def started(self) -> bool:
