@@ -23,6 +23,7 @@ FLOORS: list[set[str]] = [
         "auth",
         "transport.frames",
         "transport.handshake",
+        "transport.assembler",
         "broker.base",
         "presence.base",
         "broker.local",
@@ -51,6 +52,7 @@ PURE = {
     "stats",
     "transport.frames",
     "transport.handshake",
+    "transport.assembler",
 }
 
 

@@ -7,8 +7,8 @@ checks, control frames, close handshake, size limit at the frame header).  This 
 only moves bytes between it and the socket, with three kinds of work:
 
 * **reader** — the WSGI request greenlet itself (a session costs no extra greenlet while
-  idle).  It feeds received bytes to the protocol, assembles messages and hands each to
-  ``on_message`` in order.  It ends the session when the stream ends.
+  idle).  It feeds received bytes to the protocol, has `Assembler` join fragments and
+  hands each message to ``on_message`` in order.  It ends the session when the stream ends.
 * **writer** — whoever drains the outbox.  At most one greenlet is the writer at a time
   (``_writing``), so frames never interleave: control frames the protocol produced
   (pongs, close echoes), a due ping, then queued data frames.  A data frame for an idle
@@ -56,6 +56,7 @@ from ..lifecycle import Closing, Ending
 from ..outbox import Outbox, Verdict
 from ..stats import Stats
 from ..types import Initiator
+from .assembler import Assembler
 from .frames import OutItem, encode_frame
 
 __all__ = ["Connection"]
@@ -95,12 +96,11 @@ class Connection:
     """One WebSocket connection; see the module docstring for who does what."""
 
     __slots__ = (
+        "_assembler",
         "_close_timer",
         "_closing",
         "_done",
         "_fast_send",
-        "_fragments",
-        "_fragments_text",
         "_hb_timer",
         "_heartbeat_interval",
         "_loop",
@@ -165,8 +165,7 @@ class Connection:
         self._ping_due = False
         self._ping_seq = 0
         self._waiting_pong = False
-        self._fragments: list[bytes] | None = None
-        self._fragments_text = False
+        self._assembler = Assembler(read_limit)
         self._done = False
         self._loop = gevent.get_hub().loop
         self._on_message: Callable[[str | bytes], None] | None = None
@@ -517,42 +516,32 @@ class Connection:
     def _handle_events(self, events: list[Frame]) -> None:
         for frame in events:
             opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                if frame.fin:
-                    self._deliver(frame.data, opcode is Opcode.TEXT)
-                else:
-                    self._fragments = [bytes(frame.data)]
-                    self._fragments_text = opcode is Opcode.TEXT
-            elif opcode is Opcode.CONT:
-                fragments = self._fragments
-                if fragments is None:  # the protocol refuses this already; be safe
-                    continue
-                fragments.append(bytes(frame.data))
-                if frame.fin:
-                    self._fragments = None
-                    self._deliver(b"".join(fragments), self._fragments_text)
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                self._assemble(frame)
             elif opcode is Opcode.PONG:
                 self._got_pong()
             if self._protocol.state is not OPEN and opcode is not Opcode.CLOSE:
                 break
 
-    def _deliver(self, data: Any, is_text: bool) -> None:
-        if self._closing is not None or self._on_message is None:
-            return  # closing: the client's late messages are not dispatched
-        payload: str | bytes
-        if is_text:
-            try:
-                payload = str(data, "utf-8")
-            except UnicodeDecodeError as exc:
-                # RFC 6455 section 8.1: invalid UTF-8 in a text message fails the connection.
-                self.failure = exc
-                self._protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
-                self._kick()
-                return
-        else:
-            payload = data if type(data) is bytes else bytes(data)
+    def _assemble(self, frame: Frame) -> None:
+        try:
+            message = self._assembler.feed(frame)
+        except UnicodeDecodeError as exc:
+            # RFC 6455 section 8.1: invalid UTF-8 in a text message fails the connection.
+            self._fail(exc, CloseCode.INVALID_DATA, "invalid UTF-8")
+            return
+        except PayloadTooBig as exc:
+            self._fail(exc, CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        if message is None or self._closing is not None or self._on_message is None:
+            return  # a fragment, or closing: the client's late messages are not dispatched
         self.stats.messages_in += 1
-        self._on_message(payload)
+        self._on_message(message)
+
+    def _fail(self, exc: BaseException, code: CloseCode, reason: str) -> None:
+        self.failure = exc
+        self._protocol.fail(code, reason)
+        self._kick()
 
     def _release(self) -> None:
         self._done = True
