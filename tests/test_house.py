@@ -24,6 +24,7 @@ FLOORS: list[set[str]] = [
         "transport.frames",
         "transport.handshake",
         "transport.assembler",
+        "transport.protocol",
         "broker.base",
         "presence.base",
         "broker.local",
@@ -53,6 +54,7 @@ PURE = {
     "transport.frames",
     "transport.handshake",
     "transport.assembler",
+    "transport.protocol",
 }
 
 

@@ -48,7 +48,7 @@ from gevent.event import Event
 from websockets.exceptions import InvalidState, PayloadTooBig, ProtocolError
 from websockets.extensions.base import Extension
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.protocol import CLOSED, OPEN, SEND_EOF, Protocol, Side
+from websockets.protocol import CLOSED, OPEN, SEND_EOF
 
 from ..config import Backpressure
 from ..errors import BackpressureError, SessionClosed
@@ -58,6 +58,7 @@ from ..stats import Stats
 from ..types import Initiator
 from .assembler import Assembler
 from .frames import OutItem, encode_frame
+from .protocol import ServerProtocol
 
 __all__ = ["Connection"]
 
@@ -73,9 +74,10 @@ _YIELD_EVERY = 64
 
 
 _FAILING = frozenset({Initiator.HEARTBEAT, Initiator.BACKPRESSURE, Initiator.ERROR})
-#: closes of a client that stopped reading or answering: nothing is waited for, the close
-#: frame goes out only if the kernel takes it at once
-_UNRESPONSIVE = frozenset({Initiator.HEARTBEAT, Initiator.BACKPRESSURE})
+#: closes of a client that stopped answering pings: nothing is waited for, the close frame
+#: goes out only if the kernel takes it at once.  (A client closed for backpressure stopped
+#: reading, which it may do for a while: it gets ``write_timeout`` to read its close frame.)
+_UNRESPONSIVE = frozenset({Initiator.HEARTBEAT})
 
 
 class _WriteTimeout(Exception):
@@ -97,6 +99,7 @@ class Connection:
 
     __slots__ = (
         "_assembler",
+        "_busy",
         "_close_timer",
         "_closing",
         "_done",
@@ -109,6 +112,7 @@ class Connection:
         "_partial",
         "_ping_due",
         "_ping_seq",
+        "_pong_overdue",
         "_pong_timeout",
         "_protocol",
         "_reader",
@@ -145,7 +149,7 @@ class Connection:
             pass  # not TCP (a Unix socket)
         # gevent's TLS socket ignores a per-call timeout of 0 and would wait: plain sockets only
         self._fast_send = not isinstance(sock, ssl.SSLSocket)
-        protocol = Protocol(Side.SERVER, state=OPEN, max_size=read_limit, logger=_protocol_logger)
+        protocol = ServerProtocol(max_size=read_limit, logger=_protocol_logger)
         protocol.extensions = list(extensions)
         self._protocol = protocol
         self.extensions = bool(extensions)
@@ -165,6 +169,10 @@ class Connection:
         self._ping_due = False
         self._ping_seq = 0
         self._waiting_pong = False
+        #: the pong deadline passed while the reader was in application code (see _on_heartbeat)
+        self._pong_overdue = False
+        #: the reader is running application code (a hook or a handler), not reading
+        self._busy = False
         self._assembler = Assembler(read_limit)
         self._done = False
         self._loop = gevent.get_hub().loop
@@ -274,7 +282,12 @@ class Connection:
         if self._closing is not None or self._done or self._protocol.close_rcvd is not None:
             return False
         self._closing = closing
-        self._start_close_timer()
+        if closing.initiator is Initiator.BACKPRESSURE and self._write_timeout is not None:
+            # what is queued in the kernel, the rest of a frame and the close frame reach a
+            # client that reads again within write_timeout; TCP is cut only after that
+            self._start_close_timer(self._write_timeout)
+        else:
+            self._start_close_timer()
         if not closing.flush:
             self._outbox.clear()
         self._stop_heartbeat()
@@ -376,12 +389,15 @@ class Connection:
         except ProtocolError:
             send(CloseCode.INTERNAL_ERROR, "")
 
-    def _start_close_timer(self) -> None:
-        """Whatever happens next, the socket is shut ``CLOSE_TIMEOUT`` from now."""
-        if self._close_timer is None and not self._done:
-            timer = self._loop.timer(CLOSE_TIMEOUT)
-            timer.start(self._close_timed_out)
-            self._close_timer = timer
+    def _start_close_timer(self, seconds: float = CLOSE_TIMEOUT, *, restart: bool = False) -> None:
+        """Whatever happens next, the socket is shut ``seconds`` from now."""
+        if self._done or (self._close_timer is not None and not restart):
+            return
+        timer = self._loop.timer(seconds)
+        timer.start(self._close_timed_out)
+        old, self._close_timer = self._close_timer, timer
+        if old is not None:
+            old.stop()
 
     def _write(self, chunk: bytes | memoryview) -> None:
         if chunk is SEND_EOF or not chunk:
@@ -391,7 +407,8 @@ class Connection:
                 self._sock.shutdown(socket.SHUT_RDWR if self._unresponsive() else socket.SHUT_WR)
             except OSError:
                 pass
-            self._start_close_timer()
+            # our side is written out: the client gets CLOSE_TIMEOUT from now to end its side
+            self._start_close_timer(restart=True)
             return
         sock = self._sock
         if self._fast_send:
@@ -456,6 +473,11 @@ class Connection:
         if self._closing is not None or self._done:
             return
         if self._waiting_pong:
+            if self._busy:
+                # The reader is in application code and cannot have read the pong: a slow
+                # handler is no sign of a dead client.  Judge once it reads again.
+                self._pong_overdue = True
+                return
             self.close(Closing(Initiator.HEARTBEAT, 1011, "ping timeout", flush=False))
             return
         self._ping_due = True
@@ -487,7 +509,7 @@ class Connection:
         sock = self._sock
         try:
             self._start_heartbeat()
-            on_open()
+            self._run_app(on_open)
             if pending:
                 self._feed(pending)
             while protocol.state is not CLOSED:
@@ -510,6 +532,11 @@ class Connection:
         else:
             protocol.receive_eof()
         self._handle_events(protocol.events_received())  # type: ignore[arg-type]  # frames only, server side
+        if protocol.held is not None:
+            # a bad frame came after these events: their replies are queued, now fail (after them)
+            code, reason = protocol.held
+            if not self.close(Closing(Initiator.ERROR, code, reason, flush=True, error=protocol.parser_exc)):
+                protocol.fail_held()
         if protocol.writes or len(self._outbox):
             self._kick()
 
@@ -536,12 +563,28 @@ class Connection:
         if message is None or self._closing is not None or self._on_message is None:
             return  # a fragment, or closing: the client's late messages are not dispatched
         self.stats.messages_in += 1
-        self._on_message(message)
+        self._run_app(self._on_message, message)
+
+    def _run_app(self, call: Callable[..., None], *args: Any) -> None:
+        """Run a hook or handler in the reader, keeping the heartbeat fair to the client."""
+        self._busy = True
+        try:
+            call(*args)
+        finally:
+            self._busy = False
+            if self._pong_overdue:
+                # a pong may be waiting in the socket: the client gets pong_timeout from now
+                self._pong_overdue = False
+                if self._waiting_pong and self._pong_timeout is not None and self._closing is None:
+                    self._arm(self._pong_timeout)
 
     def _fail(self, exc: BaseException, code: CloseCode, reason: str) -> None:
+        """Fail the connection for a bad message: nothing more is read, replies already queued go first."""
         self.failure = exc
-        self._protocol.fail(code, reason)
-        self._kick()
+        self._protocol.stop_parsing()
+        if not self.close(Closing(Initiator.ERROR, code, reason, flush=True, error=exc)):
+            self._protocol.fail(code, reason)
+            self._kick()
 
     def _release(self) -> None:
         self._done = True

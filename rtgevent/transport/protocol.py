@@ -1,0 +1,74 @@
+"""websockets' sans-I/O `Protocol`, server side, with two points of RFC 6455 kept to the letter.
+
+Pure: no socket, no greenlet; `Connection` drives it.  Everything else (framing, masking,
+control frames, the close handshake, the size limit at the frame header) is websockets'.
+
+* **A close frame may arrive inside a fragmented message** (RFC 6455 section 5.4: control
+  frames may be injected between fragments).  websockets fails such a connection with 1002
+  "incomplete fragmented message"; here the close ends the unfinished message and is echoed
+  like any other close (Autobahn 7.1.5).
+* **Frames before a bad frame are still handled.**  When one read holds a valid message and
+  then a frame that breaks the protocol, websockets queues its close frame at once, ahead
+  of the reply the application is about to give to the valid message.  Here a failure found
+  while parsing is *held*: parsing stops (nothing after the bad frame is processed, section
+  7.1.7), the events before it are handed out as usual, and the connection fails only when
+  its owner calls `fail_held` after handling them, so the replies go out first (Autobahn
+  3.2 to 3.4, 4.1.3 to 4.1.5, 4.2.3 to 4.2.5, 5.15).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from typing import Any
+
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import OPEN, Protocol, Side
+
+__all__ = ["ServerProtocol"]
+
+
+class ServerProtocol(Protocol):
+    """The server side of one connection; see the module docstring for what differs."""
+
+    def __init__(self, *, max_size: int | None, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        super().__init__(Side.SERVER, state=OPEN, max_size=max_size, logger=logger)
+        self._parsing = False
+        #: the failure the parser found in the last `receive_data`, not yet acted on
+        self.held: tuple[CloseCode | int, str] | None = None
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        self._parsing = True
+        try:
+            super().receive_data(data)
+        finally:
+            self._parsing = False
+
+    def fail(self, code: CloseCode | int, reason: str = "") -> None:
+        if self._parsing and self.state is OPEN:
+            # called by the parser on a bad frame: the frames before it are still to be handled
+            self.held = (code, reason)
+            self.stop_parsing()
+            return
+        super().fail(code, reason)
+
+    def fail_held(self) -> None:
+        """Fail the connection for the bad frame `receive_data` found (if it still is open)."""
+        held, self.held = self.held, None
+        if held is not None:
+            super().fail(*held)
+
+    def stop_parsing(self) -> None:
+        """Process nothing more from the peer (the connection is failing); input is dropped."""
+        self.parser = self._ignore()
+        next(self.parser)
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE and self.current_size is not None:
+            self.current_size = None  # the close ends the unfinished message: echoed, not an error
+        super().recv_frame(frame)
+
+    def _ignore(self) -> Generator[None]:
+        while True:
+            self.reader.discard()
+            yield
