@@ -113,3 +113,26 @@ def test_after_a_failure_the_next_message_starts_clean() -> None:
         assembler.feed(Frame(CONT, b"\xff", fin=False))
     assert assembler.feed(Frame(CONT, b"stray")) is None  # the protocol refuses this anyway
     assert assembler.feed(Frame(TEXT, b"next")) == "next"
+
+
+def test_an_arriving_text_frame_fails_at_its_first_bad_chunk() -> None:
+    assembler = Assembler(100)
+    assembler.check_arriving(TEXT, True, b"caf\xc3")  # a character cut in two: fine so far
+    assembler.check_arriving(TEXT, False, b"\xa9 ")
+    with pytest.raises(UnicodeDecodeError):
+        assembler.check_arriving(TEXT, False, b"\xff")
+
+
+def test_an_arriving_continuation_is_checked_from_where_its_message_stands() -> None:
+    assembler = Assembler(100)
+    assembler.feed(Frame(TEXT, b"x\xe2", fin=False))  # the euro sign's first byte ends this fragment
+    assembler.check_arriving(CONT, True, b"\x82")  # its second byte: valid only after the first
+    with pytest.raises(UnicodeDecodeError):
+        assembler.check_arriving(CONT, False, b"(")  # not its third byte
+
+
+def test_arriving_binary_is_never_checked() -> None:
+    assembler = Assembler(100)
+    assembler.check_arriving(BINARY, True, b"\xff\xfe")
+    assembler.feed(Frame(BINARY, b"\xff", fin=False))
+    assembler.check_arriving(CONT, True, b"\xff")

@@ -153,6 +153,48 @@ def test_invalid_utf8_fails_at_the_first_bad_fragment(serve: Callable[..., Serve
     cases.report()
 
 
+def test_invalid_utf8_fails_at_the_first_bad_chunk_of_one_frame(serve: Callable[..., Server]) -> None:
+    """Autobahn 6.4.3-6.4.4: one frame sent in chops fails on the invalid chop, before the frame is complete."""
+    server = serve(heartbeat_interval=None)
+    cases = Cases(server)
+    table = {
+        "6.4.3 code point above U+10FFFF": (KOSME, bytes.fromhex("f4908080"), EDITED),
+        "6.4.4 one octet makes it invalid": (KOSME + b"\xf4", b"\x90", b"\x80\x80" + EDITED),
+    }
+    for name, (part1, part2, part3) in table.items():
+        client = None
+        with cases.case(name):
+            client = cases.open()
+            whole = frame(TEXT, part1 + part2 + part3)
+            header = 2 + 4  # short payload: no extended length; then the mask key
+            client.send(whole[: header + len(part1)])
+            client.send(whole[header + len(part1) : header + len(part1) + len(part2)])
+            _wait_for_failure(client, INVALID_DATA)  # the frame's last bytes are never sent
+        if client is not None:
+            client.close()
+            cases.session_record()
+    cases.report()
+
+
+def test_valid_text_arriving_in_chops_is_not_refused(serve: Callable[..., Server]) -> None:
+    """The early check must not refuse a character split between two reads, in a frame or a continuation."""
+    server = serve(heartbeat_interval=None)
+    cases = Cases(server)
+    client = cases.open()
+    text = ("κόσμε €𝄞 " * 50).encode()
+    whole = frame(TEXT, text)
+    for cut in (9, 10, 11, 200, len(whole) - 1):  # inside the header's extended length, mid-character, the end
+        client.send(whole[:cut])
+        client.send(whole[cut:])
+        expect_echo(client, TEXT, text)
+    first, rest = text[:301], text[301:]
+    two = frame(TEXT, first, fin=False) + frame(CONT, rest)
+    client.send(two[:-5])
+    client.send(two[-5:])
+    expect_echo(client, TEXT, text)
+    client.close()
+
+
 # ---------------------------------------------------------------------------------- a slow client is told why
 
 

@@ -43,7 +43,7 @@ _Decoder = codecs.getincrementaldecoder("utf-8")
 class Assembler:
     """Reassembles one connection's messages; see the module docstring."""
 
-    __slots__ = ("_buffer", "_charged", "_decoder", "_max_size")
+    __slots__ = ("_arriving", "_buffer", "_charged", "_decoder", "_max_size")
 
     def __init__(self, max_size: int | None) -> None:
         self._max_size = max_size
@@ -53,6 +53,8 @@ class Assembler:
         self._charged = 0
         #: the UTF-8 checker of a text message in progress, None for binary
         self._decoder: codecs.IncrementalDecoder | None = None
+        #: the UTF-8 checker of a text frame still arriving (see `check_arriving`)
+        self._arriving: codecs.IncrementalDecoder | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -73,6 +75,7 @@ class Assembler:
         """
         opcode = frame.opcode
         data = frame.data
+        self._arriving = None
         if opcode is not Opcode.CONT:
             if frame.fin:  # a whole message in one frame: the common case, no copy
                 if opcode is Opcode.TEXT:
@@ -98,6 +101,23 @@ class Assembler:
         self.reset()
         # the decoder has seen every byte with final=True: this decode cannot fail
         return buffer.decode("utf-8") if decoder is not None else bytes(buffer)
+
+    def check_arriving(self, opcode: Opcode, new_frame: bool, chunk: bytes) -> None:
+        """Check the UTF-8 of part of a frame whose payload is still arriving.
+
+        Raises `UnicodeDecodeError` at the first bad byte: a text message fails as soon as
+        the bytes that make it invalid arrive, not when its frame is complete.  Binary
+        frames, and continuations of binary messages, are not checked.
+        """
+        if new_frame:
+            self._arriving = None
+            if opcode is Opcode.TEXT:
+                self._arriving = _Decoder()
+            elif opcode is Opcode.CONT and self._decoder is not None:
+                self._arriving = _Decoder()
+                self._arriving.setstate(self._decoder.getstate())
+        if self._arriving is not None:
+            self._arriving.decode(chunk)
 
     def reset(self) -> None:
         """Drop the message in progress (the connection is failing or ending)."""

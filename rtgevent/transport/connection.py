@@ -532,6 +532,8 @@ class Connection:
         else:
             protocol.receive_eof()
         self._handle_events(protocol.events_received())  # type: ignore[arg-type]  # frames only, server side
+        if data and protocol.reader.buffer and self._closing is None:
+            self._check_arriving()
         if protocol.held is not None:
             # a bad frame came after these events: their replies are queued, now fail (after them)
             code, reason = protocol.held
@@ -577,6 +579,16 @@ class Connection:
                 self._pong_overdue = False
                 if self._waiting_pong and self._pong_timeout is not None and self._closing is None:
                     self._arm(self._pong_timeout)
+
+    def _check_arriving(self) -> None:
+        """A read ended inside a frame: check the UTF-8 of the part that is here."""
+        arriving = self._protocol.arriving_payload()
+        if arriving is None:
+            return
+        try:
+            self._assembler.check_arriving(*arriving)
+        except UnicodeDecodeError as exc:
+            self._fail(exc, CloseCode.INVALID_DATA, "invalid UTF-8")
 
     def _fail(self, exc: BaseException, code: CloseCode, reason: str) -> None:
         """Fail the connection for a bad message: nothing more is read, replies already queued go first."""

@@ -14,6 +14,12 @@ control frames, the close handshake, the size limit at the frame header) is webs
   7.1.7), the events before it are handed out as usual, and the connection fails only when
   its owner calls `fail_held` after handling them, so the replies go out first (Autobahn
   3.2 to 3.4, 4.1.3 to 4.1.5, 4.2.3 to 4.2.5, 5.15).
+* **A text frame still arriving can be checked.**  websockets hands out a frame only once
+  all of its payload is there; `arriving_payload` gives the payload bytes of a data frame
+  received so far, unmasked, so that invalid UTF-8 fails the connection at the first bad
+  chunk rather than at the frame's end (Autobahn 6.4.3, 6.4.4).  It reads the parser's
+  state (the header websockets already consumed): when that is not as expected (another
+  websockets version), it answers None and the check happens when the frame is complete.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import OPEN, Protocol, Side
+from websockets.utils import apply_mask
 
 __all__ = ["ServerProtocol"]
 
@@ -36,6 +43,9 @@ class ServerProtocol(Protocol):
         self._parsing = False
         #: the failure the parser found in the last `receive_data`, not yet acted on
         self.held: tuple[CloseCode | int, str] | None = None
+        #: the frame parser whose payload `arriving_payload` reported on, and how far
+        self._arriving: Any = None
+        self._arrived = 0
 
     def receive_data(self, data: bytes | bytearray) -> None:
         self._parsing = True
@@ -67,6 +77,32 @@ class ServerProtocol(Protocol):
         if frame.opcode is Opcode.CLOSE and self.current_size is not None:
             self.current_size = None  # the close ends the unfinished message: echoed, not an error
         super().recv_frame(frame)
+
+    def arriving_payload(self) -> tuple[Opcode, bool, bytes] | None:
+        """Of an uncompressed data frame whose payload is still arriving: its opcode, whether
+        it is a new frame since the last call, and the payload bytes (unmasked) that arrived
+        since then.  None when no such frame is in progress or its state cannot be read.
+        """
+        parse = getattr(self.parser, "gi_yieldfrom", None)  # Frame.parse, if a frame is in progress
+        read = getattr(parse, "gi_yieldfrom", None)  # the StreamReader.read_exact it waits in
+        frame = getattr(parse, "gi_frame", None)
+        if read is None or frame is None or read.gi_frame is None:
+            return None
+        state = frame.f_locals
+        head1, length, mask = state.get("head1"), state.get("length"), state.get("mask_bytes")
+        if not isinstance(head1, int) or head1 & 0x70 or mask is None or read.gi_frame.f_locals.get("n") != length:
+            return None  # header still arriving, reserved bits (compressed or failing), or not the payload read
+        opcode = head1 & 0x0F
+        if opcode not in (Opcode.TEXT, Opcode.CONT):
+            return None
+        new = parse is not self._arriving
+        if new:
+            self._arriving, self._arrived = parse, 0
+        start, end = self._arrived, len(self.reader.buffer)
+        self._arrived = end
+        shift = start % 4
+        rotated = bytes(mask[shift:]) + bytes(mask[:shift])
+        return Opcode(opcode), new, apply_mask(bytes(self.reader.buffer[start:end]), rotated)
 
     def _ignore(self) -> Generator[None]:
         while True:
