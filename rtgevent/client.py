@@ -31,6 +31,10 @@ Design choices:
   the inbox; a late reply to a request that timed out is dropped.
 * No automatic reconnect: a test wants to see the drop, and a bot's reconnect policy is
   its own (catch `ClientClosed`, ``connect`` again).
+* TLS: a ``wss://`` (or ``https://``) URL is verified with ``ssl=``, an `ssl.SSLContext`,
+  or with the system's default context (``ssl.create_default_context()``) when it is
+  None.  To trust a private CA or a self-signed certificate, pass a context that loads
+  it (``ssl.create_default_context(cafile=...)``).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from .codec import Codec, JSONCodec
-from .errors import RealtimeError
+from .errors import InvalidOption, RealtimeError
 from .message import AUTH_ROUTE, ERROR_ROUTE, REPLY_ROUTE, Message
 
 __all__ = ["Client", "ClientClosed", "ClientTimeout", "ConnectRefused", "RemoteError", "connect"]
@@ -97,9 +101,14 @@ class ConnectRefused(RealtimeError):
 
 
 def _ws_url(url: str) -> str:
-    if url.startswith(("http://", "https://")):
-        return "ws" + url[4:]
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        return f"ws{scheme[4:].lower()}://{rest}"
     return url
+
+
+def _secure(url: str) -> bool:
+    return url.partition("://")[0].lower() == "wss"
 
 
 def _closed(exc: ConnectionClosed) -> ClientClosed:
@@ -287,20 +296,29 @@ def connect(
     in_band: bool = False,
     codec: Codec | None = None,
     max_size: int | None = 1 << 24,
+    # an ssl.SSLContext; typed loosely because only transport/ imports ssl (docs/architecture.md)
+    ssl: Any = None,
 ) -> Client:
     """Open a connection to ``url`` (``ws://``, ``wss://``; ``http(s)://`` are accepted).
 
     ``timeout`` bounds the handshake and is the default for ``request`` and ``recv``.
     ``headers`` are extra handshake headers (a ``Cookie`` for a session login);
     ``origin`` sets the ``Origin`` header like a browser page on that origin would.
+    ``ssl`` is the `ssl.SSLContext` a ``wss://`` URL is verified with (None: the default
+    context, which trusts the system's certificate authorities and checks the host name);
+    giving one with a ``ws://`` URL raises `InvalidOption`.
     Raises `ConnectRefused` with the HTTP status when the server refuses the upgrade.
     """
+    ws_url = _ws_url(url)
+    if ssl is not None and not _secure(ws_url):
+        raise InvalidOption("ssl", "a TLS context needs a wss:// or https:// URL")
     extra: dict[str, str] = dict(headers or {})
     if token is not None and not in_band:
         extra["Authorization"] = f"Bearer {token}"
     try:
         conn = ws_connect(
-            _ws_url(url),
+            ws_url,
+            ssl=ssl,  # None for wss://: websockets uses ssl.create_default_context()
             additional_headers=extra or None,
             origin=origin,  # type: ignore[arg-type]  # websockets' Origin is a NewType of str
             open_timeout=timeout,

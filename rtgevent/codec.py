@@ -3,10 +3,19 @@
 `Codec.encode` returns ``str`` for a text frame or ``bytes`` for a binary frame;
 `Codec.decode` raises `BadMessage` for anything it cannot understand, and nothing else:
 the reader relies on that to keep a healthy session open whatever a client sends.
+
+Nesting is bounded: a JSON frame whose arrays and objects nest deeper than `MAX_DEPTH`
+(128 levels, the envelope object counting as one) is refused with `BadMessage` before
+any parser sees it.  The bound is read from the text alone, so the same frame is
+refused whichever greenlet decodes it, however deep its stack already is; and whatever
+is accepted stays well inside what recursive code can walk: the stdlib parser, the
+handlers, and orjson's encoder (which stops at 254 levels), so an echoed value always
+encodes back the fast way.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any, Protocol, runtime_checkable
@@ -16,7 +25,10 @@ import orjson
 from .errors import BadMessage
 from .message import Message
 
-__all__ = ["CmdCodec", "Codec", "JSONCodec"]
+__all__ = ["MAX_DEPTH", "CmdCodec", "Codec", "JSONCodec"]
+
+#: the deepest nesting of arrays and objects a JSON frame may have, the envelope counting as one
+MAX_DEPTH = 128
 
 
 @runtime_checkable
@@ -92,13 +104,57 @@ def _inexact(value: Any) -> bool:
     return False
 
 
+#: outside strings, openers become 1 and closers 255; every other byte is deleted
+_OPEN_CLOSE = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+#: the depth step of each byte value left: +1 for an opener (1), -1 for a closer (255)
+_STEP = (0, 1, *([0] * 253), -1)
+_CHUNK = 1 << 12
+
+
+def _outside_strings(frame: str) -> str:
+    """``frame`` without the contents of its JSON strings (where brackets do not nest).
+
+    Escaped backslashes go first, then escaped quotes: every quote left opens or closes a
+    string, so every other piece between quotes is string content.
+    """
+    return "".join(frame.replace("\\\\", "").replace('\\"', "").split('"')[::2])
+
+
+def _too_deep(frame: str) -> bool:
+    """True if ``frame`` nests arrays and objects deeper than `MAX_DEPTH` (outside strings).
+
+    Linear and iterative, at C speed: a frame with no more brackets than the bound (nearly
+    every message) is passed by two counts; any other has its strings cut out and the
+    running depth of its brackets summed a chunk at a time, stopping at the first chunk
+    that goes too deep.  Text that is not JSON may be called too deep or not: the parser
+    refuses it either way.
+    """
+    if frame.count("[") + frame.count("{") <= MAX_DEPTH:
+        return False
+    # outside strings valid JSON is ASCII: what the encoding drops, the parser refuses
+    brackets = _outside_strings(frame).encode("ascii", "ignore").translate(_OPEN_CLOSE, _NOT_BRACKET)
+    if brackets.count(1) <= MAX_DEPTH:
+        return False
+    depth = 0
+    for start in range(0, len(brackets), _CHUNK):
+        chunk = brackets[start : start + _CHUNK]
+        if max(itertools.accumulate(map(_STEP.__getitem__, chunk), initial=depth)) > MAX_DEPTH:
+            return True
+        depth += chunk.count(1) - chunk.count(255)
+    return False
+
+
 def _loads(frame: str) -> Any:
     """Parse with orjson (about 5x faster than the stdlib); where it would differ, the stdlib decides.
 
     orjson refuses lone-surrogate escapes, NaN and 1e400, and reads integers past 64 bits
     as floats: the first three fall back to the stdlib parser (which accepts surrogates
-    and refuses the rest), the last is detected and re-parsed exactly.
+    and refuses the rest), the last is detected and re-parsed exactly.  Both parsers (and
+    `_inexact`) recurse, so the nesting is bounded first (`MAX_DEPTH`).
     """
+    if _too_deep(frame):
+        raise BadMessage(f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         value = orjson.loads(frame)
     except orjson.JSONDecodeError:

@@ -12,6 +12,8 @@ import binascii
 import dataclasses
 import fnmatch
 import hashlib
+import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -137,6 +139,99 @@ def headers_101(accept: Accept) -> list[tuple[str, str]]:
     return headers
 
 
+#: the ports an origin of these schemes means when it names none (RFC 6454 section 4)
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+#: a host name: dot-separated labels of letters, digits, ``-`` and ``_``, maybe a final dot
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*\.?")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Origin:
+    scheme: str
+    #: lower case; an IPv6 address in brackets, as written in a URL
+    host: str
+    #: the port written, or the scheme's default one; None for an unknown scheme without one
+    port: int | None
+
+
+def _host(value: str) -> tuple[str, int | None] | None:
+    """``host[:port]`` (a ``Host`` header, an origin's authority) parsed and checked, or None.
+
+    The host must be a plain host name or an IP address and the text nothing but
+    ``host[:port]``: a backslash, an ``@``, a path, a space, anything a URL parser may read
+    differently from a browser makes the whole value invalid.
+    """
+    try:
+        parts = urlsplit(f"//{value}")
+        port = parts.port
+    except ValueError:
+        return None
+    hostname = parts.hostname
+    if not hostname:
+        return None
+    if value.startswith("["):
+        try:
+            ipaddress.IPv6Address(hostname)
+        except ValueError:
+            return None
+        host = f"[{hostname}]"
+    elif _HOST_NAME.fullmatch(hostname):
+        host = hostname
+    else:
+        return None
+    if value != (host if port is None else f"{host}:{port}"):
+        return None  # more than host[:port]: a user name, a path, an empty port, leading zeros
+    return host, port
+
+
+def _parse_origin(origin: str) -> _Origin | None:
+    """An ``Origin`` value (RFC 6454: ``scheme://host[:port]``, lower-cased), or None if it is not one."""
+    scheme, sep, authority = origin.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        return None
+    parsed = _host(authority)
+    if parsed is None:
+        return None
+    host, port = parsed
+    return _Origin(scheme, host, port if port is not None else _DEFAULT_PORTS.get(scheme))
+
+
+def _matches(origin: _Origin, pattern: str) -> bool:
+    """Does ``origin`` match one ``origin_patterns`` entry (lower-cased), part by part?
+
+    ``[scheme://]host[:port]``, each part a shell-style glob.  The host part is matched
+    against the parsed host alone, so ``*`` never reaches into a port, a path or a user
+    name.  A pattern with a scheme names one origin: its port is the scheme's default
+    unless it says one.  A pattern without a scheme matches the host on any port, unless
+    it says one.
+    """
+    scheme_glob, sep, rest = pattern.partition("://")
+    if not sep:
+        scheme_glob, rest = "", pattern
+    rest = rest.rstrip("/")
+    host = origin.host
+    if rest.startswith("["):
+        # an IPv6 address: matched inside its brackets (a glob would read them as a set)
+        host_glob, _, after = rest[1:].partition("]")
+        if not host.startswith("[") or (after and not after.startswith(":")):
+            return False
+        host = host[1:-1]
+        port_glob = after[1:] if after else None
+    else:
+        host_glob, colon, port_text = rest.partition(":")
+        port_glob = port_text if colon else None
+    if scheme_glob and not fnmatch.fnmatchcase(origin.scheme, scheme_glob):
+        return False
+    if not fnmatch.fnmatchcase(host, host_glob):
+        return False
+    if port_glob is None:
+        if not scheme_glob:
+            return True  # a host pattern: any port
+        return origin.port == _DEFAULT_PORTS.get(origin.scheme)
+    return origin.port is not None and fnmatch.fnmatchcase(str(origin.port), port_glob)
+
+
 def origin_allowed(
     origin: str | None,
     host: str | None,
@@ -144,28 +239,28 @@ def origin_allowed(
     *,
     insecure: bool = False,
 ) -> bool:
-    """Decide the Origin policy of SPEC section 3.
+    """Decide the Origin policy of SPEC section 3 (``origin_patterns``, ``insecure_origins``).
 
-    No Origin header means the client is not a browser: allowed (authentication guards
-    it).  Otherwise the origin must be same-origin (its host equals ``Host``) or match
-    one of ``patterns``: a pattern with ``://`` is matched against the whole origin,
-    any other against its host (with or without port), shell-style, case-insensitive.
+    No Origin header, or an empty one, means the client is not a browser: allowed
+    (authentication guards it).  Otherwise the value is parsed as an origin
+    (``scheme://host[:port]``, case-insensitive); one that does not parse or has no
+    host (``null``, a path, a user name, a backslash) is refused.  A parsed origin is
+    allowed when it is same-origin (its host and port equal those of ``Host``, the port
+    defaulting to the origin scheme's) or matches one of ``patterns``: ``host``,
+    ``host:port``, ``scheme://host`` or ``scheme://host:port``, each part shell-style,
+    matched against the parsed parts (see `_matches`), never against the raw text.
     """
-    if insecure or origin is None:
+    if insecure or origin is None or not origin.strip():
         return True
-    origin = origin.strip().lower()
-    parts = urlsplit(origin)
-    netloc = parts.netloc
-    if host and netloc and netloc == host.strip().lower():
-        return True
-    for pattern in patterns:
-        pattern = pattern.strip().lower()
-        if "://" in pattern:
-            if fnmatch.fnmatchcase(origin, pattern):
-                return True
-        elif netloc and (
-            fnmatch.fnmatchcase(netloc, pattern)
-            or (parts.hostname is not None and fnmatch.fnmatchcase(parts.hostname, pattern))
+    parsed = _parse_origin(origin.strip().lower())
+    if parsed is None:
+        return False
+    server = _host(host.strip().lower()) if host else None
+    if server is not None:
+        server_host, server_port = server
+        if (server_host, server_port if server_port is not None else _DEFAULT_PORTS.get(parsed.scheme)) == (
+            parsed.host,
+            parsed.port,
         ):
             return True
-    return False
+    return any(_matches(parsed, pattern.strip().lower()) for pattern in patterns)
