@@ -58,6 +58,8 @@ ErrorHookT = TypeVar("ErrorHookT", bound=ErrorHook)
 
 #: errors a client causes; logged at debug level when no on_error hook is registered
 _CLIENT_ERRORS = (BadMessage, UnknownRoute, Unauthorized)
+#: the longest text an ``rt.error`` carries (characters)
+_MAX_ERROR_TEXT = 1000
 
 
 def setupmethod(fn: Callable[Concatenate[A, P], R]) -> Callable[Concatenate[A, P], R]:
@@ -232,14 +234,15 @@ class App:
 
     def open_session(self, session: Session, life: Lifecycle) -> bool:
         """Put a session in the hub and presence and run on_connect; False if it was rejected."""
-        if self.config.session_policy == "replace":
-            self._replace_older(session)
         self.hub.add(session)
         try:
-            self.fanout.presence.register(session.info())
+            # the login number orders the identity's sessions cluster-wide (replace policy);
+            # a store that gives none counts as one that could not register
+            session.sequence = self.fanout.presence.register(session.info()) or 0
         except Exception as exc:
             # Presence down (a Redis restart): the session still works locally; the lease
             # renewer registers every local session again once presence answers.
+            session.sequence = 0
             self._presence_failed()
             self.report(exc, session)
         try:
@@ -252,6 +255,9 @@ class App:
             code = 1008 if isinstance(exc, Unauthorized) else 1011
             session.request_close(Closing(Initiator.SERVER, code, "rejected", flush=True))
             return False
+        if self.config.session_policy == "replace":
+            # after on_connect: a login that is rejected replaces nobody
+            self._replace_older(session)
         life.advance(LifeEvent.REGISTERED)
         if self.events is not None:
             self.events.enter(session)
@@ -265,10 +271,9 @@ class App:
             self.report(exc, session)
 
     def _replace_older(self, session: Session) -> None:
-        """``session_policy="replace"``: close the identity's other sessions, here and elsewhere."""
-        identity = session.identity
+        """``session_policy="replace"``: only the identity's newest login stays, here and elsewhere."""
         try:
-            self.fanout.kick_identity(identity.tenant_id, identity.id, 4001, "replaced by a new session", spare=session)
+            self.fanout.replace_older(session)
         except Exception as exc:
             self.report(exc, session)
 
@@ -334,18 +339,24 @@ class App:
             result = handler(session, msg)
             if result is not None and msg_id is not None:
                 session.send_message(reply_message(msg_id, result))
-        except SessionClosed:
-            return
         except RealtimeError as exc:
+            if isinstance(exc, SessionClosed) and session.closed:
+                return  # this session is closing: nobody is left to answer
+            # Any other SessionClosed (a send to an identity that is offline, to another
+            # session) is the handler's failure like any other: answered and reported.
             if not isinstance(exc, HandlerError):
                 self.report(exc, session)
-            self._answer_error(session, msg_id, exc.wire_code, exc.message)
+            self._answer_error(session, msg_id, exc.wire_code, exc.client_text(self.config.debug))
         except Exception as exc:
             self.report(exc, session)
             text = f"handler error: {exc!r}" if self.config.debug else "handler error"
             self._answer_error(session, msg_id, "handler_error", text)
 
     def _answer_error(self, session: Session, msg_id: Any, code: str, text: str) -> None:
+        if len(text) > _MAX_ERROR_TEXT:
+            # client text is quoted short where it is put in (errors.quote); this bounds what
+            # any other text (a debug repr, a codec's message) can add to one answer
+            text = text[:_MAX_ERROR_TEXT] + "..."
         try:
             session.send_message(error_message(msg_id, code, text))
         except RealtimeError:

@@ -12,7 +12,6 @@ Imports no gevent: the Emitter runs in processes that have none.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -28,18 +27,46 @@ from .types import Initiator
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["Fanout", "Reach", "deliver_local", "kick_local", "publish_to_nodes"]
+__all__ = ["REPLACED_CODE", "REPLACED_REASON", "Fanout", "Reach", "deliver_local", "kick_local", "publish_to_nodes"]
 
 ErrorSink = Callable[[BaseException], None]
 
+#: ``session_policy="replace"``: how a session a newer login of its identity replaced is closed.
+#: A kick with exactly this code and reason is the policy's own: it closes only the sessions
+#: older than the identity's newest login (any other kick closes every session it names).
+REPLACED_CODE = 4001
+REPLACED_REASON = "replaced by a new session"
 
-@dataclasses.dataclass(frozen=True)
-class Reach:
-    """How far one send went: local sessions found and reached, other nodes published to."""
 
-    found: int = 0
-    sessions: int = 0
-    nodes: int = 0
+class Reach(int):
+    """How far one send went; as a number, how many places took it: ``sessions + nodes``.
+
+    ``found`` local sessions of the target were in the hub, ``sessions`` of them took the
+    message (a closing session or a full queue does not), and it was published to ``nodes``
+    other nodes, which deliver it to their own sessions.  An `Emitter` has no local
+    sessions, so its reach is its node count, the number it always returned.
+    """
+
+    found: int
+    sessions: int
+    nodes: int
+
+    def __new__(cls, found: int = 0, sessions: int = 0, nodes: int = 0) -> Reach:
+        reach = super().__new__(cls, sessions + nodes)
+        reach.__dict__.update(found=found, sessions=sessions, nodes=nodes)
+        return reach
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Reach is immutable")
+
+    def __str__(self) -> str:
+        return int.__repr__(self)
+
+    def __repr__(self) -> str:
+        return f"Reach(found={self.found}, sessions={self.sessions}, nodes={self.nodes})"
+
+    def __reduce__(self) -> tuple[type[Reach], tuple[int, int, int]]:
+        return (Reach, (self.found, self.sessions, self.nodes))
 
 
 class Fanout:
@@ -96,6 +123,42 @@ class Fanout:
                 sent = publish_to_nodes(self.broker, nodes, encode_payload(payload))
         return Reach(len(local), closed, sent)
 
+    def replace_older(self, session: Session) -> None:
+        """``session_policy="replace"``: after ``session`` registered, leave only the newest login.
+
+        Presence numbers an identity's logins in one order every node agrees on
+        (`Presence.register`), so whatever the interleaving of concurrent logins, here or on
+        other nodes, each one ends the same way: the older sessions of the identity here are
+        closed; if presence already knows a newer login, ``session`` closes itself; else every
+        other node holding a session of the identity is asked to close those older than the
+        newest login (`receive`).  A session whose registration is still in flight has no
+        number yet: it is left alone, and runs this same check once it has one.
+        """
+        tenant_id, identity_id = session.identity.tenant_id, session.identity.id
+        mine = session.sequence
+        local = self.hub.of_identity(tenant_id, identity_id) if self.hub is not None else []
+        others = [s for s in local if s is not session]
+        if not mine:
+            # presence could not number this login: close what this node knows of, no more
+            kick_local(others, REPLACED_CODE, REPLACED_REASON, Initiator.REPLACED)
+            return
+        kick_local(_older_than(others, mine), REPLACED_CODE, REPLACED_REASON, Initiator.REPLACED)
+        if self.presence.sequence(tenant_id, identity_id) > mine:
+            kick_local([session], REPLACED_CODE, REPLACED_REASON, Initiator.REPLACED)
+            return
+        if self.publishing:
+            nodes = self.nodes_of(tenant_id, identity_id)
+            if nodes:
+                payload = BrokerPayload(
+                    "kick",
+                    self.origin,
+                    tenant=tenant_id,
+                    identity=identity_id,
+                    code=REPLACED_CODE,
+                    reason=REPLACED_REASON,
+                )
+                publish_to_nodes(self.broker, nodes, encode_payload(payload))
+
     def nodes_of(self, tenant_id: str, identity_id: str) -> list[str]:
         """The other nodes presence knows a session of this identity on, sorted."""
         nodes = {info.node_id for info in self.presence.get_identity_sessions(tenant_id, identity_id)}
@@ -120,6 +183,14 @@ class Fanout:
             deliver_local(hub.of_identity(payload.tenant, payload.identity), payload.envelope)
         else:
             sessions = hub.of_identity(payload.tenant, payload.identity)
+            if sessions and (payload.code, payload.reason) == (REPLACED_CODE, REPLACED_REASON):
+                # the replace policy: only what is older than the newest login goes
+                try:
+                    newest = self.presence.sequence(payload.tenant, payload.identity)
+                except Exception as exc:
+                    report(exc)
+                    return
+                sessions = _older_than(sessions, newest)
             kick_local(sessions, payload.code, payload.reason, kick_initiator(payload.code))
 
 
@@ -159,6 +230,11 @@ def deliver_local(sessions: list[Session], envelope: str | bytes) -> int:
             continue
         delivered += 1
     return delivered
+
+
+def _older_than(sessions: list[Session], number: int) -> list[Session]:
+    """The sessions registered before login ``number`` (or never numbered); in-flight ones are spared."""
+    return [s for s in sessions if s.sequence is not None and s.sequence < number]
 
 
 def kick_local(sessions: list[Session], code: int, reason: str, initiator: Initiator) -> int:

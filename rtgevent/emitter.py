@@ -15,8 +15,8 @@ from typing import Any
 
 from .broker import Broker, broker_from_url
 from .codec import Codec, JSONCodec
-from .delivery import Fanout
-from .errors import InvalidOption, SessionClosed
+from .delivery import Fanout, Reach
+from .errors import InvalidOption, SessionClosed, quote
 from .message import Message
 from .presence import Presence, presence_from_url
 from .types import SessionInfo
@@ -53,23 +53,26 @@ class Emitter:
         # the gateway's own fan-out, with no local sessions: everything goes through the broker
         self._fanout = Fanout(broker, presence, self.origin)
 
-    def send_to_identity(self, tenant_id: str, identity_id: str, route: str, data: Any = None) -> int:
-        """Send to every live session of the identity; returns how many nodes hold it.
+    def send_to_identity(self, tenant_id: str, identity_id: str, route: str, data: Any = None) -> Reach:
+        """Send to every live session of the identity; how far it went.
 
+        An emitter holds no session, so the `Reach` has ``sessions == 0`` and ``nodes``, the
+        nodes the message was published to, which is also its value as a number (what this
+        method always returned).  `Realtime.send_to_identity` returns the same type.
         Raises `SessionClosed` when presence knows no session of it.
         """
         reach = self._fanout.to_identity(tenant_id, identity_id, self.codec.encode(Message(route, data)))
-        if not reach.nodes:
-            raise SessionClosed(f"no live session for {tenant_id}/{identity_id}")
-        return reach.nodes
+        if not reach:
+            raise SessionClosed(f"no live session for {quote(tenant_id)}/{quote(identity_id)}")
+        return reach
 
     def broadcast(self, route: str, data: Any = None) -> None:
         """Send to every session of every started node."""
         self._fanout.broadcast(self.codec.encode(Message(route, data)))
 
-    def kick_identity(self, tenant_id: str, identity_id: str, code: int = 1008, reason: str = "kicked") -> int:
-        """Close every live session of the identity with ``code``; returns how many nodes were asked."""
-        return self._fanout.kick_identity(tenant_id, identity_id, code, reason).nodes
+    def kick_identity(self, tenant_id: str, identity_id: str, code: int = 1008, reason: str = "kicked") -> Reach:
+        """Close every live session of the identity with ``code``; a `Reach` of how many nodes were asked."""
+        return self._fanout.kick_identity(tenant_id, identity_id, code, reason)
 
     def is_online(self, tenant_id: str, identity_id: str) -> bool:
         return self.presence.is_online(tenant_id, identity_id)

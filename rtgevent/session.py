@@ -71,6 +71,7 @@ class Session:
         "identity",
         "node_id",
         "remote_addr",
+        "sequence",
         "state",
     )
 
@@ -94,6 +95,9 @@ class Session:
         self.node_id = node_id
         #: free for the application: anything it wants to keep per session
         self.state: dict[str, Any] = {}
+        #: this login's number among the identity's, from presence (the highest is the
+        #: newest); None until registered, 0 when presence could not register it
+        self.sequence: int | None = None
         self._conn = conn
         self._codec = codec
         self._info: DisconnectInfo | None = None

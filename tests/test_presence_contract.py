@@ -191,6 +191,43 @@ def test_registering_a_session_again_replaces_it(presence: Presence) -> None:
     assert not presence.is_online("acme", "alice")
 
 
+def test_register_numbers_the_logins_of_each_identity(presence: Presence) -> None:
+    """register() returns 1, 2, 3, ... per identity; sequence() is the last; registering again keeps a number."""
+    first, second = make_info(), make_info(node="node-b")
+    assert presence.sequence("acme", "alice") == 0
+    assert presence.register(first) == 1
+    assert presence.register(second) == 2
+    assert presence.register(make_info(identity="bob")) == 1  # each identity counts on its own
+    assert presence.register(make_info(identity="alice", tenant="globex")) == 1  # and each tenant
+    assert presence.register(first) == 1  # the same session again: the same login
+    assert presence.register(dataclasses.replace(first, node_id="node-c")) == 1  # moved, still that login
+    assert presence.sequence("acme", "alice") == 2
+    presence.unregister(second.session_id)
+    assert presence.sequence("acme", "alice") == 2  # the last number given, while any session is left
+    assert presence.register(make_info()) == 3
+    assert presence.sequence("acme", "alice") == 3
+
+
+def test_login_numbers_start_over_once_an_identity_has_no_session(presence: Presence) -> None:
+    """The counter goes with the identity's last session: offline identities cost nothing."""
+    infos = [make_info(identity="a:b", tenant="t"), make_info(identity="b", tenant="t:a")]
+    for info in infos:
+        assert presence.register(info) == 1
+    for info in infos:
+        presence.unregister(info.session_id)
+    assert presence.sequence("t", "a:b") == presence.sequence("t:a", "b") == 0
+    assert presence.register(make_info(identity="a:b", tenant="t")) == 1
+
+
+def test_concurrent_registrations_get_distinct_consecutive_numbers(presence: Presence) -> None:
+    """Logins registered at the same moment are numbered 1..N, each once: one order for everybody."""
+    infos = [make_info(node=("node-a", "node-b", "node-c")[i % 3]) for i in range(30)]
+    jobs = [gevent.spawn(presence.register, info) for info in infos]
+    gevent.joinall(jobs, timeout=WAIT, raise_error=True)
+    assert sorted(job.value for job in jobs) == list(range(1, 31))
+    assert presence.sequence("acme", "alice") == 30
+
+
 # ---------------------------------------------------------------------------- RedisPresence: leases
 
 
@@ -346,6 +383,50 @@ def test_renew_rewrites_entries_redis_lost_and_drops_stale_ones(
     store.renew("node-a", 30)
     assert without_expiry(store.get_identity_sessions("acme", "user-0")) == [infos[0]]
     assert admin.scard(f"{ns}:node:node-a") == 5
+
+
+def test_login_numbers_are_shared_by_every_node(redis_presence: Callable[..., RedisPresence]) -> None:
+    """Two nodes registering one identity at once: one sequence of numbers, and both read the same last one."""
+    node_a, node_b = redis_presence(), redis_presence()
+    node_a.renew("node-a", 30)
+    node_b.renew("node-b", 30)
+    pairs = [(node_a if i % 2 else node_b, make_info(node="node-a" if i % 2 else "node-b")) for i in range(40)]
+    jobs = [gevent.spawn(store.register, info) for store, info in pairs]
+    gevent.joinall(jobs, timeout=WAIT, raise_error=True)
+    assert sorted(job.value for job in jobs) == list(range(1, 41))
+    assert node_a.sequence("acme", "alice") == node_b.sequence("acme", "alice") == 40
+
+
+def test_login_numbers_survive_a_redis_restart(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+) -> None:
+    """Redis restarted empty: self-healing writes the sessions back with their numbers, and new logins go on above."""
+    store = redis_presence()
+    store.renew("node-a", 30)
+    infos = [make_info() for _ in range(3)]
+    assert [store.register(info) for info in infos] == [1, 2, 3]
+    admin.delete(*admin.scan_iter(match=f"{ns}:*"))  # what a restart without persistence does
+    store.renew("node-a", 30)  # heals
+    assert store.sequence("acme", "alice") == 3
+    assert store.register(infos[0]) == 1  # registering a known session again keeps its number
+    assert store.register(make_info()) == 4
+
+
+def test_the_counter_is_purged_with_a_dead_nodes_last_session(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+) -> None:
+    """A purge that removes an identity's last session removes its counter too; others keep theirs."""
+    node_a, node_b = redis_presence(), redis_presence(0.5)
+    node_a.renew("node-a", 30)
+    node_b.renew("node-b", 0.5)
+    node_a.register(make_info(identity="shared", node="node-a"))
+    node_b.register(make_info(identity="shared", node="node-b"))
+    node_b.register(make_info(identity="only-b", node="node-b"))
+    wait_until(lambda: not node_a.is_online("acme", "only-b"), "node-b's lease to run out")
+    node_a.renew("node-a", 30)  # purges node-b
+    assert not admin.exists(f"{ns}:seq:acme:only-b")
+    assert node_a.sequence("acme", "only-b") == 0
+    assert node_a.sequence("acme", "shared") == 2
 
 
 def test_close_retires_the_node_at_once(

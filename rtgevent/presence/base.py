@@ -17,13 +17,24 @@ class Presence(Protocol):
     in-process `MemoryPresence`); without the attribute a store counts as shared.
     """
 
-    def register(self, info: SessionInfo) -> None: ...
+    def register(self, info: SessionInfo) -> int:
+        """Add (or update) a session; its login number for the identity (1, 2, 3, ...).
+
+        Numbers are given per tenant and identity in one total order every node agrees on,
+        atomically with the registration: the highest is the newest login, which is what
+        ``session_policy="replace"`` keeps.  Registering a session id again keeps its number.
+        """
+        ...
 
     def unregister(self, session_id: str) -> None: ...
 
     def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]: ...
 
     def is_online(self, tenant_id: str, identity_id: str) -> bool: ...
+
+    def sequence(self, tenant_id: str, identity_id: str) -> int:
+        """The login number last given to the identity (0 once it has no session left)."""
+        ...
 
     def renew(self, node_id: str, ttl: float) -> None: ...
 

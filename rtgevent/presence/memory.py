@@ -8,6 +8,8 @@ from ..types import SessionInfo
 
 __all__ = ["MemoryPresence"]
 
+IdentityKey = tuple[str, str]
+
 
 class MemoryPresence:
     """A dict behind a lock; node leases are not needed, a process cannot outlive itself."""
@@ -18,24 +20,43 @@ class MemoryPresence:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sessions: dict[str, SessionInfo] = {}
-        self._by_identity: dict[tuple[str, str], set[str]] = {}
+        self._by_identity: dict[IdentityKey, set[str]] = {}
+        #: each session's login number, and each identity's last one (dropped with its last session)
+        self._numbers: dict[str, int] = {}
+        self._last: dict[IdentityKey, int] = {}
 
-    def register(self, info: SessionInfo) -> None:
+    def register(self, info: SessionInfo) -> int:
+        key = (info.tenant_id, info.identity_id)
         with self._lock:
+            previous = self._sessions.get(info.session_id)
+            number = self._numbers.get(info.session_id)
+            if previous is not None and (previous.tenant_id, previous.identity_id) != key:
+                self._drop(previous)  # the id now names another identity's session
+                number = None
+            if number is None:
+                number = self._last.get(key, 0) + 1
+                self._last[key] = number
+                self._numbers[info.session_id] = number
             self._sessions[info.session_id] = info
-            self._by_identity.setdefault((info.tenant_id, info.identity_id), set()).add(info.session_id)
+            self._by_identity.setdefault(key, set()).add(info.session_id)
+            return number
 
     def unregister(self, session_id: str) -> None:
         with self._lock:
-            info = self._sessions.pop(session_id, None)
-            if info is None:
-                return
-            key = (info.tenant_id, info.identity_id)
-            ids = self._by_identity.get(key)
-            if ids is not None:
-                ids.discard(session_id)
-                if not ids:
-                    del self._by_identity[key]
+            info = self._sessions.get(session_id)
+            if info is not None:
+                self._drop(info)
+
+    def _drop(self, info: SessionInfo) -> None:
+        del self._sessions[info.session_id]
+        self._numbers.pop(info.session_id, None)
+        key = (info.tenant_id, info.identity_id)
+        ids = self._by_identity.get(key)
+        if ids is not None:
+            ids.discard(info.session_id)
+            if not ids:
+                del self._by_identity[key]
+                self._last.pop(key, None)
 
     def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]:
         with self._lock:
@@ -46,6 +67,10 @@ class MemoryPresence:
         with self._lock:
             return bool(self._by_identity.get((tenant_id, identity_id)))
 
+    def sequence(self, tenant_id: str, identity_id: str) -> int:
+        with self._lock:
+            return self._last.get((tenant_id, identity_id), 0)
+
     def renew(self, node_id: str, ttl: float) -> None:
         """Nothing to renew: entries live exactly as long as this process."""
 
@@ -53,3 +78,5 @@ class MemoryPresence:
         with self._lock:
             self._sessions.clear()
             self._by_identity.clear()
+            self._numbers.clear()
+            self._last.clear()

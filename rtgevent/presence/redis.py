@@ -15,6 +15,7 @@ a key: tenants are separate worlds)::
     <ns>:ident:<esc(tenant)>:<identity>   hash  session_id -> '["<node_id>","<remote_addr>","<connected_at>"]'
     <ns>:node:<node_id>                   set   '<esc(session_id)>:<esc(tenant)>:<identity>'
     <ns>:leases                           zset  node_id -> lease deadline (unix seconds, Redis clock)
+    <ns>:seq:<esc(tenant)>:<identity>     string the identity's last login number, once it is above 1
 
 The hash value is a compact JSON array rather than `SessionInfo.to_json`: session id, tenant
 and identity are already spelled by the field and the key, ``expires_at`` is the node's
@@ -25,10 +26,19 @@ a purge finds every entry of a node without reading the hashes.
 Deadlines are computed from Redis' own clock (``TIME`` inside the scripts), never from the
 caller's: nodes with skewed clocks still agree on which leases are alive.
 
-Operations and their round trips: `register` and `unregister` are one ``MULTI``/``EXEC``
-pipeline; `get_identity_sessions` and `is_online` are one ``EVALSHA`` (the script reads the
-hash and the lease scores of the nodes named in it); `renew` is one ``EVALSHA`` in the steady
-state.  A purge runs in chunks of `purge_chunk` members, each chunk one atomic script that
+Login numbers: `register` gives each new session of an identity the next value of the
+identity's counter, in the same script that writes the session, so the numbers are one total
+order every node agrees on (``session_policy="replace"`` keeps the highest).  An identity
+that is offline has no counter, and its first login is number 1 without one: the counter key
+is made by the second login (most identities never have one: about 120 bytes each saved),
+and deleted with the identity's last session (by `unregister` or a purge).  The object
+remembers each session's number: registering it again (self-healing after a Redis restart)
+keeps the number and raises the counter back to it.
+
+Operations and their round trips: `register` and `unregister` are one ``EVALSHA`` of the write
+script; `get_identity_sessions` and `is_online` are one ``EVALSHA`` (the script reads the
+hash and the lease scores of the nodes named in it); `sequence` is one ``EVALSHA``; `renew` is one
+``EVALSHA`` in the steady state.  A purge runs in chunks of `purge_chunk` members, each chunk one atomic script that
 first checks the lease is still expired: two nodes purging the same dead node at once pop
 disjoint members (``SPOP``) and never touch a node that renewed meanwhile.
 
@@ -119,6 +129,40 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f
 return {deadline, redis.call('SCARD', KEYS[2]), expired}
 """
 
+# Adds or removes one session, atomically (a purge sees all of its entries or none).
+# KEYS: the identity hash, the node set, the identity's login counter.
+# ARGV: 'add' or 'del', session id, node-set member, hash value, the number to keep ('' for a
+# new login).  'add' returns the session's login number: the next one, or the kept one (the
+# counter is raised to it if Redis lost it).  Without a counter the identity's sessions are all
+# number 1 (none, if the hash is empty): the first login takes 1 and makes no key, the next
+# one makes the counter at 2.  'del' deletes the counter with the identity's last session.
+_WRITE_LUA = """
+if ARGV[1] == 'del' then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  redis.call('SREM', KEYS[2], ARGV[3])
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
+  return 0
+end
+local last = tonumber(redis.call('GET', KEYS[3])) or redis.call('EXISTS', KEYS[1])
+local n
+if ARGV[5] == '' then
+  n = last + 1
+else
+  n = tonumber(ARGV[5])
+end
+if n > 1 and n > last then redis.call('SET', KEYS[3], n) end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[3])
+return n
+"""
+
+# The identity's last login number: its counter, else 1 if it has a session, else 0.
+_SEQUENCE_LUA = """
+local last = redis.call('GET', KEYS[2])
+if last then return tonumber(last) end
+return redis.call('EXISTS', KEYS[1])
+"""
+
 # Purges one chunk of an expired node, atomically.  Returns how many members are left (0 when
 # done, and then the lease entry is gone too), or -1 if the node renewed meanwhile (it is
 # alive: leave it alone; its own renew re-adds what an earlier chunk removed).  A node with no
@@ -136,6 +180,7 @@ for _, m in ipairs(members) do
   if sid then
     sid = string.gsub(sid, '%%(%x%x)', function(h) return string.char(tonumber(h, 16)) end)
     redis.call('HDEL', ARGV[2] .. rest, sid)
+    if redis.call('EXISTS', ARGV[2] .. rest) == 0 then redis.call('DEL', ARGV[4] .. rest) end
   end
 end
 local left = redis.call('SCARD', KEYS[2])
@@ -219,13 +264,18 @@ class RedisPresence:
         self._ns = namespace
         self._leases_key = f"{namespace}:leases"
         self._ident_prefix = f"{namespace}:ident:"
+        self._seq_prefix = f"{namespace}:seq:"
         self._lookup = self._client.register_script(_LOOKUP_LUA)
         self._renew = self._client.register_script(_RENEW_LUA)
         self._purge = self._client.register_script(_PURGE_LUA)
+        self._write_script = self._client.register_script(_WRITE_LUA)
+        self._sequence = self._client.register_script(_SEQUENCE_LUA)
         self._lock = threading.Lock()
         #: sessions this object registered (and has not unregistered): what `unregister` and
         #: the self-healing in `renew` need.  Held only around dict updates, never across I/O.
         self._sessions: dict[str, SessionInfo] = {}
+        #: each registered session's login number, kept when it is registered again
+        self._numbers: dict[str, int] = {}
         #: node id -> its session ids, for every node this object registered on (kept when empty)
         self._by_node: dict[str, set[str]] = {}
         #: nodes this object renewed (they get retired on close)
@@ -235,6 +285,9 @@ class RedisPresence:
 
     def _ident_key(self, tenant_id: str, identity_id: str) -> str:
         return f"{self._ident_prefix}{_esc(tenant_id)}:{identity_id}"
+
+    def _seq_key(self, tenant_id: str, identity_id: str) -> str:
+        return f"{self._seq_prefix}{_esc(tenant_id)}:{identity_id}"
 
     def _node_key(self, node_id: str) -> str:
         return f"{self._ns}:node:{node_id}"
@@ -249,20 +302,27 @@ class RedisPresence:
 
     # ------------------------------------------------------------------ Presence
 
-    def register(self, info: SessionInfo) -> None:
-        """Add a session: one MULTI (HSET + SADD), atomic so a purge sees both or neither."""
+    def register(self, info: SessionInfo) -> int:
+        """Add a session and give it its login number: one EVALSHA, atomic so a purge sees all or nothing."""
         if info.node_id not in self._leased:
             # A session of a node without a lease would be invisible and never purged.
             self.renew(info.node_id, self._ttl)
         with self._lock:
             previous = self._sessions.get(info.session_id)
+            kept = self._numbers.get(info.session_id)
             if previous is not None:
                 self._forget(previous)
+                if (previous.tenant_id, previous.identity_id) != (info.tenant_id, info.identity_id):
+                    kept = None  # the id now names another identity's session: a new login
             self._remember(info)
         # Remembered before the write: a concurrent renew's self-healing must not mistake an
         # in-flight registration for a stale entry and remove it.
         try:
-            self._run("register", lambda: self._write(add=[info], remove=self._moved(previous, info)))
+            moved = self._moved(previous, info)
+            if moved:
+                number = self._run("register", lambda: self._write(add=[(info, kept)], remove=moved)[-1])
+            else:
+                number = self._run("register", lambda: self._write_one(info, kept))
         except BaseException:
             with self._lock:
                 if self._sessions.get(info.session_id) is info:
@@ -270,9 +330,13 @@ class RedisPresence:
                     if previous is not None:
                         self._remember(previous)
             raise
+        with self._lock:
+            if self._sessions.get(info.session_id) is info:
+                self._numbers[info.session_id] = int(number)
+        return int(number)
 
     def unregister(self, session_id: str) -> None:
-        """Remove a session this object registered: one MULTI (HDEL + SREM); unknown ids are a no-op."""
+        """Remove a session this object registered: one EVALSHA; unknown ids are a no-op."""
         with self._lock:
             info = self._sessions.get(session_id)
             if info is None:
@@ -280,7 +344,7 @@ class RedisPresence:
             # Forgotten first: if Redis is down, the entry left behind is removed by the
             # self-healing of the next renew instead of being re-added.
             self._forget(info)
-        self._run("unregister", lambda: self._write(add=(), remove=[info]))
+        self._run("unregister", lambda: self._write_one(info, None, add=False))
 
     def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]:
         """Live sessions of one identity, oldest first; one EVALSHA.  ``expires_at`` is the node's lease."""
@@ -307,6 +371,11 @@ class RedisPresence:
         """Whether the identity has a session on a live node; one EVALSHA that stops at the first."""
         keys = [self._ident_key(tenant_id, identity_id), self._leases_key]
         return bool(self._run("lookup", lambda: self._lookup(keys=keys, args=["1"])))
+
+    def sequence(self, tenant_id: str, identity_id: str) -> int:
+        """The identity's last login number (0 once it has no session); one EVALSHA."""
+        keys = [self._ident_key(tenant_id, identity_id), self._seq_key(tenant_id, identity_id)]
+        return int(self._run("sequence", lambda: self._sequence(keys=keys)))
 
     def renew(self, node_id: str, ttl: float) -> None:
         """Extend the node's lease to now + ``ttl`` (Redis clock); heal its entries; purge dead nodes.
@@ -339,6 +408,7 @@ class RedisPresence:
             leased = sorted(self._leased)
             self._leased.clear()
             self._sessions.clear()
+            self._numbers.clear()
             self._by_node.clear()
         try:
             for node_id in leased:
@@ -362,7 +432,7 @@ class RedisPresence:
         is left is purged by a later renew.
         """
         keys = [self._leases_key, self._node_key(node_id)]
-        args: list[str | int] = [node_id, self._ident_prefix, self.purge_chunk]
+        args: list[str | int] = [node_id, self._ident_prefix, self.purge_chunk, self._seq_prefix]
         for _ in range(_PURGE_ROUNDS):
             left = int(self._run("purge", lambda: self._purge(keys=keys, args=args)))
             if left < 0:
@@ -377,24 +447,27 @@ class RedisPresence:
     def _heal(self, node_id: str) -> None:
         """Make Redis hold exactly the sessions this object registered on ``node_id``.
 
-        Two round trips (SMEMBERS, then one MULTI), only when `renew` saw a count mismatch.
+        Three round trips (SMEMBERS, SCRIPT EXISTS, one MULTI of writes), only when `renew` saw a
+        count mismatch.
         """
         node_key = self._node_key(node_id)
         members = {_text(m) for m in self._run("heal", lambda: self._client.smembers(node_key))}
         with self._lock:
-            want = [self._sessions[sid] for sid in self._by_node.get(node_id, ())]
-        wanted = {self._member(info) for info in want}
+            mine = [self._sessions[sid] for sid in self._by_node.get(node_id, ())]
+            # a registration in flight has no number yet: its own write stores it (healing it
+            # here would take a second login number from the counter)
+            want = [(info, self._numbers[info.session_id]) for info in mine if info.session_id in self._numbers]
+        wanted = {self._member(info) for info in mine}
         stale = [m for m in members if m not in wanted]
 
         def write() -> None:
             pipe = self._client.pipeline(transaction=True)
             for member in stale:
                 sid, _, rest = member.partition(":")
-                pipe.hdel(self._ident_prefix + rest, _unesc(sid))
-                pipe.srem(node_key, member)
-            for info in want:
-                pipe.hset(self._ident_key(info.tenant_id, info.identity_id), info.session_id, self._value(info))
-                pipe.sadd(node_key, self._member(info))
+                keys = [self._ident_prefix + rest, node_key, self._seq_prefix + rest]
+                self._write_script(keys=keys, args=["del", _unesc(sid), member, "", ""], client=pipe)
+            for info, number in want:
+                self._write_script(keys=self._keys(info), args=self._args(info, number), client=pipe)
             pipe.execute()
 
         if stale or want:
@@ -408,6 +481,7 @@ class RedisPresence:
 
     def _forget(self, info: SessionInfo) -> None:
         del self._sessions[info.session_id]
+        self._numbers.pop(info.session_id, None)
         self._by_node[info.node_id].discard(info.session_id)
 
     def _moved(self, previous: SessionInfo | None, info: SessionInfo) -> list[SessionInfo]:
@@ -421,15 +495,30 @@ class RedisPresence:
         )
         return [] if same_keys else [previous]
 
-    def _write(self, add: Iterable[SessionInfo], remove: Iterable[SessionInfo]) -> None:
+    def _keys(self, info: SessionInfo) -> list[str]:
+        """The keys the write script touches for one session."""
+        return [
+            self._ident_key(info.tenant_id, info.identity_id),
+            self._node_key(info.node_id),
+            self._seq_key(info.tenant_id, info.identity_id),
+        ]
+
+    def _args(self, info: SessionInfo, number: int | None, add: bool = True) -> list[str]:
+        keep = "" if number is None else str(number)
+        return ["add" if add else "del", info.session_id, self._member(info), self._value(info), keep]
+
+    def _write_one(self, info: SessionInfo, number: int | None, add: bool = True) -> Any:
+        """One session added (its login number is returned) or removed: one EVALSHA."""
+        return self._write_script(keys=self._keys(info), args=self._args(info, number, add))
+
+    def _write(self, add: Iterable[tuple[SessionInfo, int | None]], remove: Iterable[SessionInfo]) -> list[Any]:
+        """Several writes in one MULTI (a session that moved: its old entries go with the new ones)."""
         pipe = self._client.pipeline(transaction=True)
         for info in remove:
-            pipe.hdel(self._ident_key(info.tenant_id, info.identity_id), info.session_id)
-            pipe.srem(self._node_key(info.node_id), self._member(info))
-        for info in add:
-            pipe.hset(self._ident_key(info.tenant_id, info.identity_id), info.session_id, self._value(info))
-            pipe.sadd(self._node_key(info.node_id), self._member(info))
-        pipe.execute()
+            self._write_script(keys=self._keys(info), args=self._args(info, None, add=False), client=pipe)
+        for info, number in add:
+            self._write_script(keys=self._keys(info), args=self._args(info, number), client=pipe)
+        return list(pipe.execute())
 
     def _run(self, what: str, op: Callable[[], _T]) -> _T:
         """Run ``op``; retry connection failures ``retries`` times quickly; else `BrokerUnavailable`.
