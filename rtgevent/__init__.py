@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .broker import Broker, LocalBroker, Subscription, broker_from_url
     from .broker.kombu import KombuBroker
     from .broker.redis import RedisBroker
+    from .cli import serve
     from .codec import CmdCodec, Codec, JSONCodec
     from .config import Backpressure, Config
     from .emitter import Emitter
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .ids import SnowflakeIds, random_id
     from .message import Message
     from .middleware import logger, recovery, timeout
+    from .node import NotMonkeyPatched
     from .presence import MemoryPresence, Presence, presence_from_url
     from .presence.redis import RedisPresence
     from .realtime import Realtime
@@ -79,6 +81,7 @@ _LAZY = {
     "LocalBroker": ".broker",
     "MemoryPresence": ".presence",
     "Message": ".message",
+    "NotMonkeyPatched": ".node",
     "Presence": ".presence",
     "Realtime": ".realtime",
     "RealtimeClosed": ".errors",
@@ -98,6 +101,7 @@ _LAZY = {
     "presence_from_url": ".presence",
     "random_id": ".ids",
     "recovery": ".middleware",
+    "serve": ".cli",
     "timeout": ".middleware",
 }
 
@@ -132,6 +136,7 @@ __all__ = [
     "LocalBroker",
     "MemoryPresence",
     "Message",
+    "NotMonkeyPatched",
     "Presence",
     "Realtime",
     "RealtimeClosed",
@@ -152,6 +157,7 @@ __all__ = [
     "presence_from_url",
     "random_id",
     "recovery",
+    "serve",
     "timeout",
 ]
 

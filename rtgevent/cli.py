@@ -1,7 +1,8 @@
-"""The ``rtgevent`` command line: serve an application, or run the demo.
+"""The ``rtgevent`` command line: serve an application, or run the demo; and `serve`, its server as a call.
 
 The CLI is the one place besides tests and examples that monkey-patches: it does so
-before importing anything that might import socket, ssl or threading.
+before importing anything that might import socket, ssl or threading.  `serve` (also
+``rtgevent.serve``) does not: a script calls it after its own ``monkey.patch_all()``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "serve"]
 
 
 def _patch() -> None:
@@ -39,30 +40,50 @@ def load_app(spec: str) -> Any:
     return obj() if call else obj
 
 
-def _serve(
+def serve(
     app: Any,
-    bind: str,
-    certfile: str | None,
-    keyfile: str | None,
-    header_timeout: float,
-    broker: str | None = None,
-    presence: str | None = None,
-) -> int:
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    header_timeout: float = 10.0,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    log: Any = "default",
+) -> None:
+    """Serve the WSGI ``app`` with gevent until SIGTERM or SIGINT: the server of ``rtgevent serve``.
+
+    ``rtgevent.serve(app, "0.0.0.0", 8000)`` in place of ``WSGIServer((host, port), app).serve_forever()``:
+
+    * a client that takes more than ``header_timeout`` seconds to send its request line and
+      headers is dropped (plain pywsgi waits forever: a slowloris holds a socket per byte);
+    * every `Realtime` of the process is started before the first request (broker
+      subscriptions, presence lease);
+    * SIGTERM / SIGINT stop accepting, close every session with 1001 and return once
+      they are drained;
+    * TLS with ``certfile`` / ``keyfile``; access log lines have their tokens redacted
+      (``log=None`` turns the access log off).
+
+    Port 0 picks a free port; the ``rtgevent: serving on URL`` line names it.  Raises
+    `rtgevent.node.NotMonkeyPatched` unless the program monkey-patched first thing.
+    """
     import gevent
 
-    from .gunicorn import drain_all
+    from .node import require_monkey_patching
     from .realtime import Realtime, instances
     from .transport.server import make_server
 
-    server = make_server(app, bind, certfile=certfile, keyfile=keyfile, header_timeout=header_timeout)
+    require_monkey_patching("rtgevent.serve")
+    server = make_server(
+        app, f"{host}:{port}", certfile=certfile, keyfile=keyfile, log=log, header_timeout=header_timeout
+    )
     for rt in list(instances):
         if isinstance(rt, Realtime):
-            _connect(rt, broker, presence)
             rt.ensure_started()
 
     def stop() -> None:
         server.close()  # stop accepting first, then drain what is connected
-        drain_all()
+        for rt in list(instances):
+            rt.shutdown()
         server.stop(timeout=1)
 
     stopping: list[gevent.Greenlet] = []
@@ -79,6 +100,25 @@ def _serve(
     server.serve_forever()
     for greenlet in stopping:  # close() ends serve_forever at once: let the drain finish first
         greenlet.join()
+
+
+def _serve(
+    app: Any,
+    bind: str,
+    certfile: str | None,
+    keyfile: str | None,
+    header_timeout: float,
+    broker: str | None = None,
+    presence: str | None = None,
+) -> int:
+    from .realtime import Realtime, instances
+    from .transport.server import parse_bind
+
+    host, port = parse_bind(bind)
+    for rt in list(instances):
+        if isinstance(rt, Realtime):
+            _connect(rt, broker, presence)
+    serve(app, host, port, header_timeout=header_timeout, certfile=certfile, keyfile=keyfile)
     return 0
 
 

@@ -143,7 +143,17 @@ class Dispatcher:
         return self.wsgi_app(environ, start_response)
 
     def _start(self) -> None:
+        from .node import NotMonkeyPatched, require_monkey_patching
+
         self._started_in = os.getpid()
+        try:
+            require_monkey_patching("cannot serve WebSockets")
+        except NotMonkeyPatched as exc:
+            # ``flask run`` (threads) or any server without gevent's patching: one clear
+            # line now, and every upgrade answers 500 with the same text in its traceback.
+            for rt in self.realtimes[:1]:
+                rt.logger.error("%s", exc)
+            return
         for rt in self.realtimes:
             try:
                 rt.ensure_started()

@@ -30,8 +30,13 @@ _COUNTERS = {
     "messages_out": "messages written to clients",
     "queue_drops": "messages dropped by a DROP_NEWEST / DROP_OLDEST send queue",
     "backpressure_closes": "sessions closed because their send queue was full",
-    "broker_errors": "malformed broker payloads and broker failures reported",
-    "broker_reconnects": "broker connections restored after a loss",
+    "broker_errors": "broker failures: lost or refused consumer connections, failed publishes, malformed payloads",
+    "broker_reconnects": "broker consumer connections restored after a failure",
+}
+
+_GAUGES = {
+    "broker_up": "1 while the broker consumer is connected and subscribed, else 0",
+    "presence_up": "1 while the presence store answers the lease renewals, else 0",
 }
 
 
@@ -48,6 +53,10 @@ class RealtimeCollector(Collector):
         gauge = GaugeMetricFamily(f"{self._prefix}_connections", "WebSocket sessions open now", labels=["node"])
         gauge.add_metric([node], stats["connections"])
         yield gauge
+        for name, text in _GAUGES.items():
+            up = GaugeMetricFamily(f"{self._prefix}_{name}", text, labels=["node"])
+            up.add_metric([node], int(stats.get(name, 1)))
+            yield up
         for name, text in _COUNTERS.items():
             metric_name = f"{self._prefix}_{name.removesuffix('_total')}"
             family = CounterMetricFamily(metric_name, text, labels=["node"])

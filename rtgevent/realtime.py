@@ -22,8 +22,8 @@ from .broker.base import Broker
 from .broker.local import LocalBroker
 from .codec import Codec, JSONCodec
 from .config import Config
-from .delivery import Fanout
-from .errors import AlreadyStarted, RealtimeClosed, SessionClosed
+from .delivery import Fanout, Reach
+from .errors import AlreadyStarted, RealtimeClosed, SessionClosed, quote
 from .gate import Admitted, Gate, Refused
 from .hub import Hub
 from .ids import IdGenerator, random_id
@@ -124,6 +124,8 @@ class Realtime(App):
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         self.freeze()
+        if self.node.unchecked:  # once per process: monkey-patching, the gunicorn worker's stop signals
+            self.node.check_process(self.shutdown)
         if not self.node.started and self.node.shared:
             # A shared broker or presence needs this node subscribed and its lease renewed;
             # starting on the first request (never at import) is safe under forking servers.
@@ -195,14 +197,21 @@ class Realtime(App):
         self._check_open()
         self.fanout.broadcast(self.codec.encode(Message(route, data)))
 
-    def send_to_identity(self, tenant_id: str, identity_id: str, route: str, data: Any = None) -> None:
-        """Send to every live session of an identity; raises `SessionClosed` when there is none."""
+    def send_to_identity(self, tenant_id: str, identity_id: str, route: str, data: Any = None) -> Reach:
+        """Send to every live session of an identity; how far it went.
+
+        The `Reach` says how many local sessions took the message (``sessions``) and how
+        many other nodes it was published to (``nodes``); as a number it is their sum, as
+        `Emitter.send_to_identity`'s.  Raises `SessionClosed` when nothing took it: no
+        session anywhere, or only local ones that are closing or whose queue refused it.
+        """
         if not self._caller.in_hub_thread():
             return self._caller.call(self.send_to_identity, tenant_id, identity_id, route, data)
         self._check_open()
         reach = self.fanout.to_identity(tenant_id, identity_id, self.codec.encode(Message(route, data)))
-        if not reach.found and not reach.nodes:
-            raise SessionClosed(f"no live session for {tenant_id}/{identity_id}")
+        if not reach:
+            raise SessionClosed(f"no live session took the message for {quote(tenant_id)}/{quote(identity_id)}")
+        return reach
 
     def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]:
         if not self._caller.in_hub_thread():
@@ -223,7 +232,7 @@ class Realtime(App):
     def stats(self) -> dict[str, int]:
         counters = self.counters.as_dict()
         counters["connections"] = len(self.hub)
-        counters["broker_reconnects"] = int(getattr(self.broker, "reconnects", 0))
+        counters.update(self.node.status())  # broker_up, presence_up, broker_errors, broker_reconnects
         return counters
 
     # ------------------------------------------------------------------ lifecycle

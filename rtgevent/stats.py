@@ -11,7 +11,17 @@ __all__ = ["Stats"]
 
 
 class Stats:
-    """Counters since start; `Realtime.stats` reads them as a dict."""
+    """Counters since start; `Realtime.stats` reads them as a dict.
+
+    * ``connections_total``: sessions accepted; ``messages_in`` / ``messages_out``: data
+      messages read from / written to clients;
+    * ``queue_drops``: messages a ``DROP_NEWEST`` / ``DROP_OLDEST`` send queue dropped;
+    * ``backpressure_closes``: sessions a ``CLOSE`` send queue closed (their overflowing
+      message is not a drop: the session ends);
+    * ``broker_errors``: what this node saw go wrong with the broker (a malformed payload, a
+      subscription that failed); `Realtime.stats` adds the broker's own ``errors`` (lost or
+      refused connections, failed publishes).
+    """
 
     __slots__ = (
         "backpressure_closes",

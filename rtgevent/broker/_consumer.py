@@ -83,12 +83,15 @@ class LinkState:
     def up(self) -> bool:
         return self._up is True
 
-    def set_up(self) -> None:
-        if self._up is False:
+    def set_up(self) -> bool:
+        """The connection works (again); True when it follows a failure (a reconnect)."""
+        restored = self._up is False
+        if restored:
             log.info("%s: connection restored", self._what)
         elif self._up is None:
             log.debug("%s: connected", self._what)
         self._up = True
+        return restored
 
     def set_down(self, exc: BaseException) -> None:
         if self._up is True:
@@ -149,6 +152,29 @@ class ConsumerBroker(abc.ABC):
         self._consumer: gevent.Greenlet | None = None
         self._stop: gevent.event.Event | None = None
         self._received = 0
+        self._errors = 0
+        self._reconnects = 0
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def connected(self) -> bool:
+        """The consumer is connected and every subscribed topic is bound (False before the first subscribe)."""
+        return self._link.up and not self._down
+
+    @property
+    def errors(self) -> int:
+        """Failures since construction: each failed consumer connection or connect attempt, each failed publish."""
+        return self._errors
+
+    @property
+    def reconnects(self) -> int:
+        """Times the consumer connection was (re)established after a failure."""
+        return self._reconnects
+
+    def _count_error(self) -> None:
+        with self._lock:  # publishers may be OS threads
+            self._errors += 1
 
     # ------------------------------------------------------------------ publishing (the common parts)
 
@@ -159,6 +185,7 @@ class ConsumerBroker(abc.ABC):
             raise BrokerUnavailable(f"{self._what}: broker is closed")
 
     def _publish_failed(self, what: str, attempts: int, last: BaseException | None) -> BrokerUnavailable:
+        self._count_error()
         reason = f"{type(last).__name__}: {last}" if last is not None else "timed out"
         return BrokerUnavailable(f"{self._what}: {what} failed after {attempts} attempt(s): {reason}")
 
@@ -279,9 +306,11 @@ class ConsumerBroker(abc.ABC):
     def _set_up(self) -> None:
         """Every wanted topic is bound again: logs "restored" (once) and subscribe() waits again."""
         self._down = False
-        self._link.set_up()
+        if self._link.set_up():
+            self._reconnects += 1
 
     def _set_down(self, exc: BaseException) -> None:
+        self._count_error()
         self._link.set_down(exc)
         with self._lock:
             self._bound.clear()

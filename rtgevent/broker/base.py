@@ -25,6 +25,11 @@ class Broker(Protocol):
     An implementation may set ``shared = False`` when it reaches no other process (the
     in-process `LocalBroker`): a node whose broker and presence are both unshared serves
     without `Realtime.start`.  Without the attribute a broker counts as shared.
+
+    Optional status attributes, read by `Realtime.stats` (and Prometheus) when present:
+    ``connected`` (bool: consuming, every subscription in place), ``errors`` (int:
+    failures so far: lost or refused connections, failed publishes) and ``reconnects``
+    (int: connections restored after a failure).  `KombuBroker` and `RedisBroker` have them.
     """
 
     def publish(self, topic: str, payload: bytes) -> None: ...

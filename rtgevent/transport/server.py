@@ -5,6 +5,10 @@ connection and dribbles its upgrade request one byte a minute holds a greenlet a
 socket indefinitely (a slowloris).  `HeaderTimeoutHandler` bounds the request line and
 headers, and the idle time between keep-alive requests, by ``header_timeout``; the
 application's own run time is not bounded (a WebSocket session lasts as long as it lasts).
+
+Its access and error lines go through `rtgevent.gunicorn.redact_tokens`: a browser's
+WebSocket carries its token in the query string (``/ws?access_token=...``), and a log file
+is no place for it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Any
 
 from gevent import Timeout
 from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from ..gunicorn import redact_tokens
 
 __all__ = ["HEADER_TIMEOUT", "HeaderTimeoutHandler", "make_server", "parse_bind"]
 
@@ -39,6 +45,18 @@ class HeaderTimeoutHandler(WSGIHandler):  # type: ignore[misc]
         finally:
             if self._header_timer is not None:
                 self._header_timer.close()  # headers are in: the application runs unbounded
+
+    def format_request(self) -> str:
+        """The access log line, with token-like query parameters redacted."""
+        return redact_tokens(str(super().format_request()))
+
+    def log_error(self, msg: str, *args: Any) -> None:
+        """An error line (a bad request line quotes the request): tokens redacted too."""
+        try:
+            text = msg % args if args else msg
+        except (TypeError, ValueError):
+            text = f"{msg!r} {args!r}"
+        super().log_error(redact_tokens(text))
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
