@@ -233,12 +233,14 @@ class Connection:
         if verdict is Verdict.QUEUED:
             self._kick()
             return
-        self.stats.queue_drops += 1
         if verdict is Verdict.DROPPED_OLDEST:
+            self.stats.queue_drops += 1
             self._kick()
             return
         if verdict is Verdict.DROPPED_NEWEST:
+            self.stats.queue_drops += 1
             raise BackpressureError("send queue full, message dropped")
+        # CLOSE: nothing was dropped by policy; the session ends (counted as a close, not a drop)
         self.stats.backpressure_closes += 1
         self.close(Closing(Initiator.BACKPRESSURE, 1008, "send queue full", flush=False))
         raise SessionClosed("send queue full: session closed")
