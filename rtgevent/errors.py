@@ -149,6 +149,7 @@ class BrokerUnavailable(RealtimeError):
     """A publish or a presence query failed after its bounded retries (never hangs)."""
 
     internal = True
+    wire_code = "unavailable"
     default_message = "broker unavailable"
     # SPEC section 2: "the broker or presence store did not answer; the text says only that"
     public_message = "the broker or presence store did not answer"

@@ -33,7 +33,7 @@ SPEC_CLASSES = {
     "BadMessage",
 }
 #: SPEC section 2: the codes an rt.error may carry
-WIRE_CODES = {"bad_message", "unknown_route", "handler_error", "timeout", "unauthorized"}
+WIRE_CODES = {"bad_message", "unknown_route", "handler_error", "timeout", "unauthorized", "limit", "unavailable"}
 
 
 def all_error_classes() -> list[type[BaseException]]:

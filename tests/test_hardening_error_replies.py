@@ -170,7 +170,7 @@ def broadcasting_app(config: Config, broker: Any) -> tuple[Realtime, ErrorLog]:
 
 
 def assert_generic(msg: dict[str, Any], *secrets: str) -> None:
-    assert msg["route"] == "rt.error", msg
+    assert (msg["route"], msg["metadata"]["code"]) == ("rt.error", "unavailable"), msg
     text = msg["data"]["message"]
     assert text == "the broker or presence store did not answer", text
     for secret in secrets:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from rtgevent import BadMessage, Identity, JSONCodec, Message, Realtime, Session
 from tests.helpers_api import LiveFactory, SocketDriver, in_reply_to, serving
 
-WIRE_CODES = {"bad_message", "unknown_route", "handler_error", "timeout", "unauthorized"}
+WIRE_CODES = {"bad_message", "unknown_route", "handler_error", "timeout", "unauthorized", "limit", "unavailable"}
 
 surrogates = st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3)
 odd_text = st.one_of(
