@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .broker import Broker, LocalBroker, Subscription, broker_from_url
     from .broker.kombu import KombuBroker
     from .broker.redis import RedisBroker
+    from .channels import ChannelOptions
     from .cli import serve
     from .codec import CmdCodec, Codec, JSONCodec
     from .config import Backpressure, Config
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         HandlerTimeout,
         InvalidBrokerMessage,
         InvalidOption,
+        LimitExceeded,
         RealtimeClosed,
         RealtimeError,
         SessionClosed,
@@ -62,6 +64,7 @@ _LAZY = {
     "BearerTokenAuthenticator": ".auth",
     "Broker": ".broker",
     "BrokerUnavailable": ".errors",
+    "ChannelOptions": ".channels",
     "CmdCodec": ".codec",
     "Codec": ".codec",
     "Config": ".config",
@@ -78,6 +81,7 @@ _LAZY = {
     "JSONCodec": ".codec",
     "KombuBroker": ".broker.kombu",
     "KombuEvents": ".events",
+    "LimitExceeded": ".errors",
     "LocalBroker": ".broker",
     "MemoryPresence": ".presence",
     "Message": ".message",
@@ -117,6 +121,7 @@ __all__ = [
     "BearerTokenAuthenticator",
     "Broker",
     "BrokerUnavailable",
+    "ChannelOptions",
     "CmdCodec",
     "Codec",
     "Config",
@@ -133,6 +138,7 @@ __all__ = [
     "JSONCodec",
     "KombuBroker",
     "KombuEvents",
+    "LimitExceeded",
     "LocalBroker",
     "MemoryPresence",
     "Message",

@@ -19,6 +19,7 @@ from gevent import Timeout
 from gevent.event import Event
 
 from .auth import Authenticator
+from .channels import ChannelOptions, check_channel
 from .codec import Codec
 from .config import Config
 from .delivery import Fanout
@@ -31,12 +32,23 @@ from .errors import (
     SessionClosed,
     Unauthorized,
     UnknownRoute,
+    quote,
 )
 from .ids import IdGenerator
 from .lifecycle import Closing, Ending, Lifecycle, disconnect_info
 from .lifecycle import Event as LifeEvent
-from .message import AUTH_ROUTE, REPLY_ROUTE, RESERVED_PREFIX, Message, error_message, reply_message
+from .message import (
+    AUTH_ROUTE,
+    REPLY_ROUTE,
+    RESERVED_PREFIX,
+    SUBSCRIBE_ROUTE,
+    UNSUBSCRIBE_ROUTE,
+    Message,
+    error_message,
+    reply_message,
+)
 from .middleware import Handler, Middleware, build_chain
+from .rooms import Rooms
 from .router import Router
 from .session import ConnectHook, DisconnectHook, ErrorHook, Session, Transport
 from .stats import Stats
@@ -55,6 +67,9 @@ HandlerT = TypeVar("HandlerT", bound=Handler)
 ConnectHookT = TypeVar("ConnectHookT", bound=ConnectHook)
 DisconnectHookT = TypeVar("DisconnectHookT", bound=DisconnectHook)
 ErrorHookT = TypeVar("ErrorHookT", bound=ErrorHook)
+#: ``@rt.on_subscribe``: ``fn(session, channel)`` returns to allow a client's subscription, raises to refuse
+SubscribeHook = Callable[[Session, str], None]
+SubscribeHookT = TypeVar("SubscribeHookT", bound=SubscribeHook)
 
 #: errors a client causes; logged at debug level when no on_error hook is registered
 _CLIENT_ERRORS = (BadMessage, UnknownRoute, Unauthorized)
@@ -95,6 +110,7 @@ class App:
         stats: Stats,
         caller: HubCaller,
         presence_failed: Callable[[], None],
+        rooms: Rooms,
     ) -> None:
         self.config = config
         self.authenticator = authenticator
@@ -115,6 +131,9 @@ class App:
         self._on_connect: list[ConnectHook] = []
         self._on_disconnect: list[DisconnectHook] = []
         self._on_error: list[ErrorHook] = []
+        self._on_subscribe: list[SubscribeHook] = []
+        #: this node's channels: every session's channel host
+        self.rooms = rooms
         #: sessions between admission and their end (rejected ones included)
         self._live = 0
         self._idle = Event()
@@ -182,6 +201,21 @@ class App:
         self._on_error.append(fn)
         return fn
 
+    @setupmethod
+    def on_subscribe(self, fn: SubscribeHookT) -> SubscribeHookT:
+        """``fn(session, channel)`` decides a client's ``rt.subscribe``: return to allow, raise to refuse.
+
+        Without one every client subscription is refused (``rt.error unauthorized``);
+        subscriptions made by the server (`Session.subscribe`) are not asked.
+        """
+        self._on_subscribe.append(fn)
+        return fn
+
+    @setupmethod
+    def channel_namespace(self, prefix: str, options: ChannelOptions) -> None:
+        """Options for every channel starting with ``prefix`` (the longest prefix wins)."""
+        self.rooms.namespaces.add(prefix, options)
+
     def freeze(self) -> Router[Handler]:
         """End registration: bake the middleware into every handler, once; the dispatch router."""
         router = self._dispatch_router
@@ -226,6 +260,7 @@ class App:
             report_error=self.report,
             debug=self.config.debug,
             caller=self._caller,
+            channel_host=self.rooms,
         )
         self.counters.connections_total += 1
         self._live += 1
@@ -282,6 +317,7 @@ class App:
         info = disconnect_info(ending)
         was_open = life.was_open
         life.advance(LifeEvent.ENDED)
+        self.rooms.leave_all(session)
         if was_open:
             self._unregister(session)
         session.finish(info)
@@ -328,6 +364,11 @@ class App:
         try:
             msg = self.codec.decode(payload)
             msg_id = msg.id
+            if msg.route in (SUBSCRIBE_ROUTE, UNSUBSCRIBE_ROUTE):
+                answer = self._client_channel(session, msg)
+                if msg_id is not None:
+                    session.send_message(reply_message(msg_id, answer))
+                return
             handler = router.resolve(msg.route)
             events = self.events
             if events is not None and events.wants(msg.route):
@@ -351,6 +392,33 @@ class App:
             self.report(exc, session)
             text = f"handler error: {exc!r}" if self.config.debug else "handler error"
             self._answer_error(session, msg_id, "handler_error", text)
+
+    def _client_channel(self, session: Session, msg: Message) -> dict[str, Any]:
+        """``rt.subscribe`` / ``rt.unsubscribe`` from the client (SPEC section 13); the reply's data."""
+        data = msg.data
+        channel = data.get("channel") if isinstance(data, dict) else None
+        try:
+            check_channel(channel)
+        except InvalidOption as exc:
+            raise BadMessage(f"{msg.route} needs {{'channel': <name>}}: {exc.message}") from None
+        assert isinstance(channel, str)
+        if msg.route == UNSUBSCRIBE_ROUTE:
+            session.unsubscribe(channel)
+            return {"channel": channel}
+        if channel not in session.channels:
+            if not self._on_subscribe:
+                raise Unauthorized(f"subscription to {quote(channel)} refused: no on_subscribe hook allows it")
+            for hook in self._on_subscribe:
+                try:
+                    hook(session, channel)
+                except Unauthorized:
+                    raise
+                except Exception as exc:
+                    self.report(exc, session)
+                    raise Unauthorized(f"subscription to {quote(channel)} refused") from None
+            session.subscribe(channel)
+        # without history (SPEC section 14) a stream has no offset and nothing is recovered
+        return {"channel": channel, "offset": 0, "epoch": "", "recovered": False, "missed": 0}
 
     def _answer_error(self, session: Session, msg_id: Any, code: str, text: str) -> None:
         if len(text) > _MAX_ERROR_TEXT:

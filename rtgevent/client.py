@@ -136,6 +136,8 @@ class Client:
         self.timeout = timeout
         self.codec: Codec = codec or JSONCodec()
         self._handlers: dict[str, list[MessageHandler]] = {}
+        #: channel → the handler of its publications (`subscribe`)
+        self._channels: dict[str, MessageHandler] = {}
         self._inbox: collections.deque[Message] = collections.deque(maxlen=inbox_size)
         self._waiting: set[Any] = set()
         self._answers: dict[Any, Message] = {}
@@ -161,6 +163,26 @@ class Client:
                 handlers.remove(fn)
 
         return remove
+
+    def subscribe(self, channel: str, fn: MessageHandler | None = None, *, timeout: float | None = None) -> Any:
+        """Subscribe to ``channel`` (``rt.subscribe``); the server's answer (SPEC section 13).
+
+        With ``fn``, every publication to the channel goes to ``fn(message)`` instead of
+        the route handlers and `recv`.  Raises `RemoteError` (``unauthorized``, ``limit``,
+        ``bad_message``) when the server refuses.
+        """
+        if fn is not None:
+            self._channels[channel] = fn
+        try:
+            return self.request("rt.subscribe", {"channel": channel}, timeout=timeout)
+        except BaseException:
+            self._channels.pop(channel, None)
+            raise
+
+    def unsubscribe(self, channel: str, *, timeout: float | None = None) -> Any:
+        """Leave ``channel`` (``rt.unsubscribe``); its handler is dropped at once."""
+        self._channels.pop(channel, None)
+        return self.request("rt.unsubscribe", {"channel": channel}, timeout=timeout)
 
     def send(self, route: str, data: Any = None) -> None:
         """Send a message without an id (the server sends no reply, only errors)."""
@@ -272,6 +294,10 @@ class Client:
                 return
             if msg.route == REPLY_ROUTE or msg_id not in ("", None):
                 return  # late: its request timed out
+        channel = (msg.metadata or {}).get("channel")
+        if channel is not None and channel in self._channels:
+            self._channels[channel](msg)
+            return
         handlers = self._handlers.get(msg.route)
         if handlers:
             for fn in list(handlers):

@@ -59,6 +59,7 @@ class Config:
     shutdown_timeout: float | None = 10.0
     auth_timeout: float | None = 5.0
     max_connections: int | None = 10000
+    max_channels_per_session: int = 128
     presence_ttl: float = 90.0
     node_id: str = dataclasses.field(default_factory=_new_node_id)
     origin_patterns: list[str] = dataclasses.field(default_factory=list)
@@ -81,6 +82,7 @@ class Config:
         _positive_int(self, "send_queue_size")
         if self.max_connections is not None:
             _positive_int(self, "max_connections")
+        _positive_int(self, "max_channels_per_session")
         if isinstance(self.backpressure, str):
             try:
                 self.backpressure = Backpressure(self.backpressure.lower())

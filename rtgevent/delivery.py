@@ -1,13 +1,13 @@
 """Fan-out: one algorithm for where a message goes, used by `Realtime` and `Emitter` alike.
 
 A message for everybody goes to this node's sessions, framed once, and to the broadcast
-topic; a message for an identity goes to its sessions here and, through the broker, to
-only the other nodes presence names (never a topic per identity: ARCHITECTURE.md says
-why).  A gateway node owns a `Hub` of local sessions; the Emitter has none and reaches
-every session through the broker.  What arrives from the broker is applied to the hub
-by `Fanout.receive`.
-
-Imports no gevent: the Emitter runs in processes that have none.
+topic; a publication to a channel goes to the channel's subscribers here and to the
+channel's topic, which only nodes with a subscriber listen to; a message for an identity
+goes to its sessions here and, through the broker, to only the other nodes presence names
+(never a topic per identity: ARCHITECTURE.md says why). A gateway node owns a `Hub` of
+local sessions; the Emitter has none and reaches every session through the broker. What
+arrives from the broker is applied to the hub by `Fanout.receive`. Imports no gevent: the
+Emitter runs in processes that have none.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .broker.base import Broker
+from .channels import channel_topic
 from .errors import BackpressureError, BrokerUnavailable, InvalidBrokerMessage, SessionClosed
 from .hub import Hub
 from .lifecycle import Closing, kick_initiator
@@ -87,6 +88,19 @@ class Fanout:
         delivered = deliver_local(self.hub.sessions(), envelope) if self.hub is not None else 0
         if self.publishing:
             self.broker.publish(BROADCAST_TOPIC, encode_payload(BrokerPayload("broadcast", self.origin, envelope)))
+        return delivered
+
+    def publish(self, channel: str, envelope: str | bytes, exclude: str = "") -> int:
+        """The channel's subscribers here (but ``exclude``), then its topic; how many here took it.
+
+        Nodes with no subscriber do not listen to the topic, so they never see it; a
+        channel nobody subscribes to anywhere is not an error.
+        """
+        local = self.hub.of_channel(channel) if self.hub is not None else []
+        delivered = deliver_local([s for s in local if s.id != exclude] if exclude else local, envelope)
+        if self.publishing:
+            payload = BrokerPayload("channel", self.origin, envelope, channel=channel, exclude=exclude)
+            self.broker.publish(channel_topic(channel), encode_payload(payload), expect_receiver=False)
         return delivered
 
     def to_identity(self, tenant_id: str, identity_id: str, envelope: str | bytes) -> Reach:
@@ -179,6 +193,13 @@ class Fanout:
             if payload.origin == self.origin:
                 return  # delivered locally when it was sent
             deliver_local(hub.sessions(), payload.envelope)
+        elif payload.kind == "channel":
+            if payload.origin == self.origin:
+                return  # delivered locally when it was published
+            local = hub.of_channel(payload.channel)
+            if payload.exclude:
+                local = [s for s in local if s.id != payload.exclude]
+            deliver_local(local, payload.envelope)
         elif payload.kind == "identity":
             deliver_local(hub.of_identity(payload.tenant, payload.identity), payload.envelope)
         else:

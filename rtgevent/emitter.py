@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from .broker import Broker, broker_from_url
+from .channels import check_channel
 from .codec import Codec, JSONCodec
 from .delivery import Fanout, Reach
 from .errors import InvalidOption, SessionClosed, quote
@@ -69,6 +70,12 @@ class Emitter:
     def broadcast(self, route: str, data: Any = None) -> None:
         """Send to every session of every started node."""
         self._fanout.broadcast(self.codec.encode(Message(route, data)))
+
+    def publish(self, channel: str, route: str, data: Any = None, *, exclude: str | None = None) -> None:
+        """Send to every subscriber of ``channel`` on every started node (``exclude``: a session id)."""
+        check_channel(channel)
+        envelope = self.codec.encode(Message(route, data, metadata={"channel": channel}))
+        self._fanout.publish(channel, envelope, exclude or "")
 
     def kick_identity(self, tenant_id: str, identity_id: str, code: int = 1008, reason: str = "kicked") -> Reach:
         """Close every live session of the identity with ``code``; a `Reach` of how many nodes were asked."""

@@ -43,6 +43,7 @@ __all__ = [
     "HandlerTimeout",
     "InvalidBrokerMessage",
     "InvalidOption",
+    "LimitExceeded",
     "RealtimeClosed",
     "RealtimeError",
     "SessionClosed",
@@ -133,6 +134,14 @@ class InvalidOption(RealtimeError, ValueError):
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
         super().__init__(f"invalid option {field}: {problem}")
+
+
+class LimitExceeded(InvalidOption):
+    """A per-session bound was reached (too many channels, a full channel): ``rt.error limit``."""
+
+    internal = False
+    wire_code = "limit"
+    default_message = "limit reached"
 
 
 class Unauthorized(RealtimeError):

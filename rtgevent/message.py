@@ -13,6 +13,8 @@ __all__ = ["AUTH_ROUTE", "ERROR_ROUTE", "REPLY_ROUTE", "Message", "error_message
 REPLY_ROUTE = "rt.reply"
 ERROR_ROUTE = "rt.error"
 AUTH_ROUTE = "rt.auth"
+SUBSCRIBE_ROUTE = "rt.subscribe"
+UNSUBSCRIBE_ROUTE = "rt.unsubscribe"
 #: Routes under this prefix belong to the framework; applications may not register them.
 RESERVED_PREFIX = "rt."
 

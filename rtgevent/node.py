@@ -264,7 +264,7 @@ class Node:
 
     def _subscribe(self, topic: str, *, first: bool) -> bool:
         try:
-            self._subscriptions.append(self.broker.subscribe(topic, self._receive))
+            self._subscriptions.append(self.broker.subscribe(topic, self.receive))
         except Exception as exc:
             self._stats.broker_errors += 1
             if first:
@@ -289,7 +289,8 @@ class Node:
             self._presence_stale = True
             self._wake.set()  # retry with backoff now, not after the rest of the lease period
 
-    def _receive(self, raw: bytes) -> None:
+    def receive(self, raw: bytes) -> None:
+        """The handler of every topic this node subscribes: its own, the broadcast, its channels."""
         self.fanout.receive(raw, self._broker_error)
 
     def _broker_error(self, error: BaseException) -> None:

@@ -2,9 +2,9 @@
 
 Never pickle: a broker is shared, and unpickling is code execution.  One payload::
 
-    {"v": 1, "kind": "broadcast" | "identity" | "kick", "origin": <node id>,
+    {"v": 1, "kind": "broadcast" | "identity" | "kick" | "channel", "origin": <node id>,
      "tenant": str, "identity": str, "text": <envelope> | "binary": <base64 envelope>,
-     "code": int, "reason": str}
+     "code": int, "reason": str, "channel": str, "exclude": <session id>}
 
 The envelope is encoded once by the sender; every node frames it once for all of its
 sessions.  Pure: no socket, no gevent, so a process without gevent can publish.
@@ -22,7 +22,7 @@ from .errors import InvalidBrokerMessage
 __all__ = ["BROADCAST_TOPIC", "KINDS", "VERSION", "BrokerPayload", "decode_payload", "encode_payload", "node_topic"]
 
 VERSION = 1
-KINDS = ("broadcast", "identity", "kick")
+KINDS = ("broadcast", "identity", "kick", "channel")
 BROADCAST_TOPIC = "rtgevent.broadcast"
 
 
@@ -40,6 +40,9 @@ class BrokerPayload:
     identity: str = ""
     code: int = 1000
     reason: str = ""
+    #: kind "channel": the channel, and the session not to deliver to ("" for none)
+    channel: str = ""
+    exclude: str = ""
 
 
 def encode_payload(payload: BrokerPayload) -> bytes:
@@ -47,6 +50,10 @@ def encode_payload(payload: BrokerPayload) -> bytes:
     if payload.tenant or payload.identity:
         obj["tenant"] = payload.tenant
         obj["identity"] = payload.identity
+    if payload.kind == "channel":
+        obj["channel"] = payload.channel
+        if payload.exclude:
+            obj["exclude"] = payload.exclude
     if payload.kind == "kick":
         obj["code"] = payload.code
         obj["reason"] = payload.reason
@@ -73,7 +80,11 @@ def decode_payload(raw: bytes) -> BrokerPayload:
     tenant, identity = obj.get("tenant", ""), obj.get("identity", "")
     if not isinstance(tenant, str) or not isinstance(identity, str):
         raise InvalidBrokerMessage("tenant and identity must be strings")
-    if kind != "broadcast" and not identity:
+    if kind == "channel":
+        channel, exclude = obj.get("channel"), obj.get("exclude", "")
+        if not isinstance(channel, str) or not channel or not isinstance(exclude, str):
+            raise InvalidBrokerMessage("channel needs a channel name and a string exclude")
+    elif kind != "broadcast" and not identity:
         raise InvalidBrokerMessage(f"{kind} needs an identity")
     if kind == "kick":
         code, reason = obj.get("code", 1000), obj.get("reason", "")
@@ -90,4 +101,6 @@ def decode_payload(raw: bytes) -> BrokerPayload:
             raise InvalidBrokerMessage("binary envelope is not base64") from None
     else:
         raise InvalidBrokerMessage("no envelope")
+    if kind == "channel":
+        return BrokerPayload(kind, origin, envelope, channel=obj["channel"], exclude=obj.get("exclude", ""))
     return BrokerPayload(kind, origin, envelope, tenant, identity)

@@ -8,6 +8,7 @@ dispatch and a session's start and end are the core's (`App`, which it extends, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Iterable
@@ -20,6 +21,7 @@ from .app import App
 from .auth import AnonymousAuthenticator, Authenticator
 from .broker.base import Broker
 from .broker.local import LocalBroker
+from .channels import Namespaces, check_channel
 from .codec import Codec, JSONCodec
 from .config import Config
 from .delivery import Fanout, Reach
@@ -32,6 +34,7 @@ from .message import Message
 from .node import Node
 from .presence.base import Presence
 from .presence.memory import MemoryPresence
+from .rooms import Rooms
 from .session import Session
 from .stats import Stats
 from .threadsafe import HubCaller
@@ -77,6 +80,7 @@ class Realtime(App):
             Hub(),
         )
         self.node = Node(config, fanout, stats=stats, report=self._report_unbound, logger=logger, events=events)
+        rooms = Rooms(config, fanout, Namespaces(), self.node.receive, self._report_unbound)
         super().__init__(
             config,
             authenticator=authenticator or AnonymousAuthenticator(),
@@ -88,6 +92,7 @@ class Realtime(App):
             stats=stats,
             caller=HubCaller(),
             presence_failed=self.node.presence_failed,
+            rooms=rooms,
         )
         self.gate = Gate(config, self.authenticator, self._report_unbound)
         self._closed = Event()
@@ -197,6 +202,21 @@ class Realtime(App):
         self._check_open()
         self.fanout.broadcast(self.codec.encode(Message(route, data)))
 
+    def publish(self, channel: str, route: str, data: Any = None, *, exclude: Session | str | None = None) -> int:
+        """Send to every subscriber of ``channel`` on every node, encoded once (SPEC section 13).
+
+        ``exclude`` (a `Session` or a session id) is not delivered to: Socket.IO's
+        ``include_self=False``.  Publications of one publisher to one channel arrive in
+        order.  Returns how many local subscribers took it; callable from native threads.
+        """
+        if not self._caller.in_hub_thread():
+            return self._caller.call(functools.partial(self.publish, exclude=exclude), channel, route, data)
+        self._check_open()
+        check_channel(channel)
+        skip = exclude.id if isinstance(exclude, Session) else (exclude or "")
+        envelope = self.codec.encode(Message(route, data, metadata={"channel": channel}))
+        return self.fanout.publish(channel, envelope, skip)
+
     def send_to_identity(self, tenant_id: str, identity_id: str, route: str, data: Any = None) -> Reach:
         """Send to every live session of an identity; how far it went.
 
@@ -244,6 +264,7 @@ class Realtime(App):
         self._check_open()
         self.freeze()
         self.node.start()
+        self.rooms.activate()
 
     def ensure_started(self) -> None:
         """Start this node unless it is started (the lazy start of the Flask and gunicorn integrations).

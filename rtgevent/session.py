@@ -5,8 +5,9 @@ greenlets stay inside its `Connection`, so application code cannot break the lif
 
 A few methods are the framework's side of the session, public so that the rooms that
 need them (delivery, the core, the test client) ask for them by name rather than reach
-into private state: `push_frame`, `request_close`, `finish`, `served_here`, `report`, `debug`.  Applications
-use `send`, `close` and `wait_closed`.
+into private state: `push_frame`, `request_close`, `finish`, `served_here`, `report`, `debug`,
+`joined`, `left`.  Applications use `send`, `close`, `wait_closed`, `subscribe`,
+`unsubscribe` and `channels`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .threadsafe import HubCaller
 from .transport.frames import OutItem
 from .types import DisconnectInfo, Identity, Initiator, SessionInfo, utcnow
 
-__all__ = ["ConnectHook", "DisconnectHook", "ErrorHook", "Session", "Transport"]
+__all__ = ["ChannelHost", "ConnectHook", "DisconnectHook", "ErrorHook", "Session", "Transport"]
 
 #: ``@rt.on_connect``: ``fn(session)``; raising rejects the session
 ConnectHook = Callable[["Session"], None]
@@ -54,12 +55,22 @@ class Transport(Protocol):
     def close(self, closing: Closing) -> bool: ...
 
 
+class ChannelHost(Protocol):
+    """Who keeps a session's channels: the core (``App``), which checks, counts and routes."""
+
+    def subscribe(self, session: Session, channel: str) -> None: ...
+
+    def unsubscribe(self, session: Session, channel: str) -> None: ...
+
+
 class Session:
     """One connected client.  Methods are safe to call from any greenlet."""
 
     __slots__ = (
         "__weakref__",
         "_caller",
+        "_channel_host",
+        "_channels",
         "_codec",
         "_conn",
         "_debug",
@@ -87,6 +98,7 @@ class Session:
         report_error: ErrorHook,
         debug: bool = False,
         caller: HubCaller | None = None,
+        channel_host: ChannelHost | None = None,
     ) -> None:
         self.id = session_id
         self.identity = identity
@@ -105,6 +117,9 @@ class Session:
         self._report_error = report_error
         self._debug = debug
         self._caller = caller
+        self._channel_host = channel_host
+        #: the channels this session is subscribed to (kept by the channel host)
+        self._channels: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<Session {self.id} identity={self.identity.tenant_id}/{self.identity.id}>"
@@ -145,6 +160,46 @@ class Session:
             raise SessionClosed("session has no connection")
         item: OutItem = frame if not conn.extensions else conn.frame(payload)
         conn.enqueue(item)
+
+    # ------------------------------------------------------------------ channels
+
+    def subscribe(self, channel: str) -> None:
+        """Receive every publication to ``channel`` (SPEC section 13); idempotent.
+
+        Returns once this node receives the channel's publications from the broker (bounded
+        by the broker's subscribe timeout).  Raises `InvalidOption` for a bad channel name
+        or past ``Config.max_channels_per_session`` / the namespace's ``max_subscribers``,
+        `SessionClosed` once the session is closing.
+        """
+        caller = self._caller
+        if caller is not None and not caller.in_hub_thread():
+            return caller.call(self.subscribe, channel)
+        if self.closed:
+            raise SessionClosed("session is closing")
+        if self._channel_host is None:
+            raise SessionClosed("session has no channel host")
+        self._channel_host.subscribe(self, channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel``'s publications; a channel it is not in is a no-op."""
+        caller = self._caller
+        if caller is not None and not caller.in_hub_thread():
+            return caller.call(self.unsubscribe, channel)
+        if self._channel_host is not None and channel in self._channels:
+            self._channel_host.unsubscribe(self, channel)
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels this session is subscribed to."""
+        return frozenset(self._channels)
+
+    def joined(self, channel: str) -> None:
+        """Framework side: the channel host added this session to ``channel``."""
+        self._channels.add(channel)
+
+    def left(self, channel: str) -> None:
+        """Framework side: the channel host took this session out of ``channel``."""
+        self._channels.discard(channel)
 
     # ------------------------------------------------------------------ closing
 

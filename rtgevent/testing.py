@@ -96,6 +96,14 @@ class TestClient:
                 return msg
         raise AssertionError(f"rtgevent: no reply to {route!r}")
 
+    def subscribe(self, channel: str) -> Message:
+        """Send ``rt.subscribe`` for ``channel``; the ``rt.reply`` or ``rt.error`` answering it."""
+        return self.request("rt.subscribe", {"channel": channel}, id=f"subscribe:{channel}")
+
+    def unsubscribe(self, channel: str) -> Message:
+        """Send ``rt.unsubscribe`` for ``channel``; the answer."""
+        return self.request("rt.unsubscribe", {"channel": channel}, id=f"unsubscribe:{channel}")
+
     def get_received(self) -> list[Message]:
         """Messages sent to this session since the last call, decoded."""
         items = self._sink.items[self._seen :]

@@ -31,8 +31,8 @@ class CountingBroker:
         self.inner = inner
         self.received: Counter[str] = Counter()
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.inner.publish(topic, payload)
+    def publish(self, topic: str, payload: bytes, *, expect_receiver: bool = True) -> None:
+        self.inner.publish(topic, payload, expect_receiver=expect_receiver)
 
     def subscribe(self, topic: str, handler: BrokerHandler) -> Subscription:
         def counting(payload: bytes) -> None:
@@ -71,9 +71,13 @@ def make_node() -> Callable[..., Iterable[bytes]]:
     )
     disconnects: list[dict[str, Any]] = []
 
+    @rt.on_subscribe
+    def allow(session: Session, channel: str) -> None:
+        pass  # every channel: the cluster tests are about routing, not authorization
+
     @rt.route("whoami")
     def whoami(session: Session, msg: Message) -> Any:
-        return {"identity": session.identity.id, "node": rt.node_id}
+        return {"identity": session.identity.id, "node": rt.node_id, "session": session.id}
 
     @rt.on_disconnect
     def gone(session: Session, info: DisconnectInfo) -> None:
@@ -84,6 +88,10 @@ def make_node() -> Callable[..., Iterable[bytes]]:
             if action == "send":
                 rt.send_to_identity("acme", q["identity"], q.get("route", "dm"), q.get("data"))
                 return {"ok": True}
+            if action == "publish":
+                return {
+                    "local": rt.publish(q["channel"], q.get("route", "pub"), q.get("data"), exclude=q.get("exclude"))
+                }
             if action == "broadcast":
                 rt.broadcast(q.get("route", "news"), q.get("data"))
                 return {"ok": True}
@@ -94,6 +102,8 @@ def make_node() -> Callable[..., Iterable[bytes]]:
                 }
         except RealtimeError as exc:
             return {"error": type(exc).__name__, "message": str(exc)}
+        if action == "subscribed":
+            return sorted(rt.rooms.subscribed())
         if action == "counts":
             return dict(broker.received)
         if action == "node":

@@ -79,6 +79,7 @@ class Client:
         reply = json.loads(self.ws.recv())
         assert reply["data"]["identity"] == identity  # registered: hub and presence
         self.node_id = reply["data"]["node"]
+        self.session_id = reply["data"]["session"]
 
     def next(self) -> dict[str, Any]:
         return json.loads(self.ws.recv())
@@ -86,6 +87,16 @@ class Client:
     def expect(self, route: str, data: Any) -> None:
         msg = self.next()
         assert (msg["route"], msg.get("data")) == (route, data), msg
+
+    def subscribe(self, channel: str) -> dict[str, Any]:
+        self.ws.send(json.dumps({"id": f"sub:{channel}", "route": "rt.subscribe", "data": {"channel": channel}}))
+        reply = self.next()
+        assert reply["route"] == "rt.reply" and reply["metadata"]["in_reply_to"] == f"sub:{channel}", reply
+        return dict(reply["data"])
+
+    def unsubscribe(self, channel: str) -> None:
+        self.ws.send(json.dumps({"id": "unsub", "route": "rt.unsubscribe", "data": {"channel": channel}}))
+        assert self.next()["route"] == "rt.reply"
 
     def ping(self) -> None:
         self.ws.send(json.dumps({"id": "p", "route": "whoami"}))

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rtgevent"
 #: the house from the ground up: a room imports rooms of its own floor or below, never above
 FLOORS: list[set[str]] = [
     {"errors"},
-    {"types", "config", "message", "ids", "retry", "stats", "payload", "router", "lifecycle"},
+    {"types", "config", "message", "ids", "retry", "stats", "payload", "router", "lifecycle", "channels"},
     {
         "codec",
         "outbox",
@@ -32,7 +32,7 @@ FLOORS: list[set[str]] = [
     },
     {"transport.acquire", "transport.connection", "session", "hub", "middleware", "broker._consumer"},
     {"broker.redis", "broker.kombu", "broker", "presence.redis", "presence", "events"},
-    {"delivery", "gate"},
+    {"delivery", "gate", "rooms"},
     {"app", "node", "emitter"},
     {"realtime", "testing", "flask", "metrics", "client"},
     {"gunicorn", "transport.server", "demo", "cli", "__main__", "transport", ""},
@@ -51,6 +51,7 @@ PURE = {
     "lifecycle",
     "payload",
     "stats",
+    "channels",
     "transport.frames",
     "transport.handshake",
     "transport.assembler",

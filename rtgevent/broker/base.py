@@ -32,7 +32,14 @@ class Broker(Protocol):
     (int: connections restored after a failure).  `KombuBroker` and `RedisBroker` have them.
     """
 
-    def publish(self, topic: str, payload: bytes) -> None: ...
+    def publish(self, topic: str, payload: bytes, *, expect_receiver: bool = True) -> None:
+        """Send ``payload`` to the subscribers of ``topic``.
+
+        With ``expect_receiver`` (node topics, broadcasts) a message nobody took is retried
+        and then raised as `BrokerUnavailable`; without it (channel topics: a channel with no
+        subscriber on any node is normal) it is simply gone.
+        """
+        ...
 
     def subscribe(self, topic: str, handler: BrokerHandler) -> Subscription: ...
 

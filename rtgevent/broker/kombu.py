@@ -349,16 +349,26 @@ class KombuBroker(ConsumerBroker):
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes, *, expect_receiver: bool = True) -> None:
         """Send ``payload`` to every subscriber of ``topic``; `BrokerUnavailable` after bounded retries."""
         self._check_publishable(payload)
         if topic == self._broadcast_topic:
             exchange, routing_key = self._fanout, ""  # see the module docstring: Redis fanout
         else:
             exchange, routing_key = self._direct, topic
-        self._publish(exchange, routing_key, bytes(payload), {TOPIC_HEADER: topic}, f"publish to {topic!r}")
+        self._publish(
+            exchange, routing_key, bytes(payload), {TOPIC_HEADER: topic}, f"publish to {topic!r}", expect_receiver
+        )
 
-    def _publish(self, exchange: Exchange, routing_key: str, body: bytes, headers: dict[str, str], what: str) -> None:
+    def _publish(
+        self,
+        exchange: Exchange,
+        routing_key: str,
+        body: bytes,
+        headers: dict[str, str],
+        what: str,
+        expect_receiver: bool = True,
+    ) -> None:
         deadline = Deadline(self._publish_timeout)
         attempts = 0
         last: BaseException | None = None
@@ -384,7 +394,7 @@ class KombuBroker(ConsumerBroker):
                     content_encoding="utf-8",
                     headers=headers,
                     delivery_mode=1,  # transient: realtime messages are not worth a disk write
-                    mandatory=self._confirm,
+                    mandatory=self._confirm and expect_receiver,
                     retry=False,
                     timeout=max(remaining, 0.001),
                 )

@@ -31,7 +31,7 @@ class LocalBroker:
         self._lock = threading.Lock()
         self._topics: dict[str, list[BrokerHandler]] = {}
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes, *, expect_receiver: bool = True) -> None:
         with self._lock:
             handlers = list(self._topics.get(topic, ()))
         for handler in handlers:

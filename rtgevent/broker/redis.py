@@ -139,7 +139,7 @@ class RedisBroker(ConsumerBroker):
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes, *, expect_receiver: bool = True) -> None:
         """PUBLISH ``payload`` on the topic's channel; `BrokerUnavailable` after bounded retries."""
         self._check_publishable(payload)
         channel = self._channel(topic)
@@ -151,7 +151,7 @@ class RedisBroker(ConsumerBroker):
             try:
                 receivers = self._client.publish(channel, bytes(payload))
                 self._nudge()  # Redis answers: a consumer that is down should not wait
-                if receivers:
+                if receivers or not expect_receiver:
                     return
                 # Redis counts the receivers: none means the topic's node is gone or
                 # reconnecting.  Retried (it may be resubscribing now), then raised:

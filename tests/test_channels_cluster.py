@@ -1,0 +1,92 @@
+"""Channels across the cluster (SPEC section 13): three ``rtgevent serve`` nodes per broker.
+
+Subscribers on two nodes get every publication exactly once and in publish order, from any
+node and from an Emitter; the third node, with no subscriber, receives nothing of the
+channel (counted at the node, and at Redis with ``PUBSUB NUMSUB``); ``exclude`` skips
+exactly the excluded session; the last subscriber to leave unsubscribes the node.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+import redis
+
+from rtgevent import Emitter
+from rtgevent.channels import channel_topic
+from tests.clusterkit import BROKERS, REDIS, Client
+from tests.procs import ServeProcess
+from tests.waiting import wait_until
+
+CHANNEL_BROKERS = {"redis": BROKERS["redis"], "kombu-amqp": BROKERS["kombu-amqp"]}
+
+
+def _channel_payloads(node: ServeProcess) -> int:
+    return int(node.control("counts").get("channel", 0))
+
+
+@pytest.mark.parametrize("kind", list(CHANNEL_BROKERS))
+def test_channel_reaches_its_subscribers_once_in_order_and_only_their_nodes(cluster, kind: str) -> None:
+    broker_url = CHANNEL_BROKERS[kind]
+    namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
+    a, b, c = cluster(3, broker=broker_url, namespace=namespace)
+    room = f"room:{uuid.uuid4().hex[:8]}"
+    on_a, on_b, bystander = Client(a, "ann"), Client(b, "bea"), Client(c, "cid")
+    for client in (on_a, on_b):
+        assert client.subscribe(room) == {"channel": room, "offset": 0, "epoch": "", "recovered": False, "missed": 0}
+    before_c = _channel_payloads(c)
+
+    # from a node, from an Emitter in this process, and from 8 native threads through that Emitter
+    for n in range(20):
+        a.control("publish", channel=room, data=f"a{n}")
+    with Emitter(broker_url, REDIS, namespace=namespace) as emitter:
+        for n in range(20):
+            emitter.publish(room, "pub", f"e{n}")
+
+        def burst(t: int) -> None:
+            for n in range(10):
+                emitter.publish(room, "pub", f"t{t}-{n}")
+
+        threads = [threading.Thread(target=burst, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    expected = 20 + 20 + 80
+    for client in (on_a, on_b):
+        got = [client.next() for _ in range(expected)]
+        assert all(m["route"] == "pub" and m["metadata"] == {"channel": room} for m in got)
+        data = [m["data"] for m in got]
+        assert sorted(data) == sorted(
+            [f"a{n}" for n in range(20)]
+            + [f"e{n}" for n in range(20)]
+            + [f"t{t}-{n}" for t in range(8) for n in range(10)]
+        )
+        assert [d for d in data if d.startswith("a")] == [f"a{n}" for n in range(20)]  # one publisher, in order
+        assert [d for d in data if d.startswith("e")] == [f"e{n}" for n in range(20)]
+        for t in range(8):
+            assert [d for d in data if d.startswith(f"t{t}-")] == [f"t{t}-{n}" for n in range(10)]
+
+    # exclude: a node publishes, skipping the subscriber on another node
+    a.control("publish", channel=room, data="not for bea", exclude=on_b.session_id)
+    on_a.expect("pub", "not for bea")
+    a.control("broadcast", route="marker")
+    for client in (on_a, on_b, bystander):
+        assert client.next()["route"] == "marker"  # bea got nothing before the marker
+    assert _channel_payloads(c) == before_c  # the node without a subscriber saw none of it
+    assert a.control("subscribed") == [room] and c.control("subscribed") == []
+
+    if kind == "redis":
+        client = redis.Redis.from_url(REDIS)
+        topic = f"{namespace}.{channel_topic(room)}"
+        assert client.pubsub_numsub(topic) == [(topic.encode(), 2)]  # one SUBSCRIBE per node, not per session
+        on_b.unsubscribe(room)
+        wait_until(lambda: client.pubsub_numsub(topic) == [(topic.encode(), 1)], "node b to unsubscribe the channel")
+        client.close()
+    else:
+        on_b.unsubscribe(room)
+        wait_until(lambda: b.control("subscribed") == [], "node b to unsubscribe the channel")
+    for client in (on_a, on_b, bystander):
+        client.close()
