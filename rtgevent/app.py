@@ -19,6 +19,7 @@ from gevent import Timeout
 from gevent.event import Event
 
 from .auth import Authenticator
+from .broker.base import Broker
 from .channels import ChannelOptions, check_channel
 from .codec import Codec
 from .config import Config
@@ -48,6 +49,7 @@ from .message import (
     reply_message,
 )
 from .middleware import Handler, Middleware, build_chain
+from .presence.base import Presence
 from .rooms import Rooms
 from .router import Router
 from .session import ConnectHook, DisconnectHook, ErrorHook, Session, Transport
@@ -142,6 +144,30 @@ class App:
     @property
     def node_id(self) -> str:
         return self.config.node_id
+
+    # ------------------------------------------------------------------ the stores
+
+    @property
+    def broker(self) -> Broker:
+        return self.fanout.broker
+
+    @broker.setter
+    def broker(self, broker: Broker) -> None:
+        """Replace the broker before the node starts (``rtgevent serve --broker`` does)."""
+        if self.fanout.publishing:
+            raise AlreadyStarted("cannot replace the broker of a started node")
+        self.fanout.broker = broker
+
+    @property
+    def presence(self) -> Presence:
+        return self.fanout.presence
+
+    @presence.setter
+    def presence(self, presence: Presence) -> None:
+        """Replace the presence store before the node starts (``rtgevent serve --presence`` does)."""
+        if self.fanout.publishing:
+            raise AlreadyStarted("cannot replace the presence store of a started node")
+        self.fanout.presence = presence
 
     # ------------------------------------------------------------------ registration
 

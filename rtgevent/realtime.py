@@ -100,28 +100,6 @@ class Realtime(App):
             logger.warning("rtgevent: insecure_origins is on: any website may open a WebSocket here")
         instances.add(self)
 
-    @property
-    def broker(self) -> Broker:
-        return self.fanout.broker
-
-    @broker.setter
-    def broker(self, broker: Broker) -> None:
-        """Replace the broker before the node starts (``rtgevent serve --broker`` does)."""
-        if self.node.started:
-            raise AlreadyStarted("cannot replace the broker of a started node")
-        self.fanout.broker = broker
-
-    @property
-    def presence(self) -> Presence:
-        return self.fanout.presence
-
-    @presence.setter
-    def presence(self, presence: Presence) -> None:
-        """Replace the presence store before the node starts (``rtgevent serve --presence`` does)."""
-        if self.node.started:
-            raise AlreadyStarted("cannot replace the presence store of a started node")
-        self.fanout.presence = presence
-
     def _report_unbound(self, error: BaseException) -> None:
         self.report(error, None)
 
