@@ -20,7 +20,7 @@ from tests.clusterkit import BROKERS, REDIS, Client
 from tests.procs import ServeProcess
 from tests.waiting import wait_until
 
-CHANNEL_BROKERS = {"redis": BROKERS["redis"], "kombu-amqp": BROKERS["kombu-amqp"]}
+CHANNEL_BROKERS = BROKERS
 
 
 def _channel_payloads(node: ServeProcess) -> int:

@@ -17,7 +17,7 @@ import websocket
 from tests.clusterkit import BROKERS, REDIS, Client
 from tests.procs import ServeProcess
 from tests.services import RabbitServer, RedisServer
-from tests.waiting import wait_until
+from tests.waiting import WAIT, wait_until
 
 
 def _counts(node: ServeProcess) -> dict[str, int]:
@@ -92,8 +92,12 @@ def _restart_scenario(nodes: list[ServeProcess], stop: Callable[[], None], start
     """Traffic through a broker restart; returns seconds from the broker's return to cross-node delivery."""
     a, b = nodes
     erin, alice = Client(a, "erin"), Client(b, "alice")
+    room = f"room:{uuid.uuid4().hex[:8]}"
+    alice.subscribe(room)
     assert a.control("send", identity="alice", data="before") == {"ok": True}
     alice.expect("dm", "before")
+    a.control("publish", channel=room, data="before")
+    alice.expect("pub", "before")
     stop()
     # local delivery never depends on the broker
     for i in range(3):
@@ -111,6 +115,19 @@ def _restart_scenario(nodes: list[ServeProcess], stop: Callable[[], None], start
 
     wait_until(delivered, "cross-node delivery to come back", interval=0.2)
     recovered = time.monotonic() - back
+
+    def channel_back() -> bool:
+        # the node subscribed its channel again by itself: a publication reaches it
+        a.control("publish", channel=room, data="after")
+        alice.ws.settimeout(1.0)
+        try:
+            return bool(alice.next().get("data") == "after")
+        except websocket.WebSocketTimeoutException:
+            return False
+        finally:
+            alice.ws.settimeout(WAIT)
+
+    wait_until(channel_back, "the channel subscription to come back", interval=0.2)
     assert a.proc.poll() is None and b.proc.poll() is None  # no gateway crashed
     for node in (a, b):
         lost = [line for line in node.lines if "connection lost" in line]
