@@ -104,6 +104,8 @@ def make_node() -> Callable[..., Iterable[bytes]]:
             return {"error": type(exc).__name__, "message": str(exc)}
         if action == "subscribed":
             return sorted(rt.rooms.subscribed())
+        if action == "hub_channels":
+            return sorted(rt.hub.channels())
         if action == "counts":
             return dict(broker.received)
         if action == "node":
