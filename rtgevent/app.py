@@ -55,7 +55,7 @@ from .router import Router
 from .session import ConnectHook, DisconnectHook, ErrorHook, Session, Transport
 from .stats import Stats
 from .threadsafe import HubCaller
-from .types import DisconnectInfo, Identity, Initiator
+from .types import DisconnectInfo, Identity, Initiator, SessionInfo
 
 if TYPE_CHECKING:
     from .events import KombuEvents
@@ -134,8 +134,10 @@ class App:
         self._on_disconnect: list[DisconnectHook] = []
         self._on_error: list[ErrorHook] = []
         self._on_subscribe: list[SubscribeHook] = []
-        #: this node's channels: every session's channel host
+        #: this node's channels: every session's channel host (rt.join / rt.leave in our codec)
         self.rooms = rooms
+        rooms.codec = codec
+        rooms.presence_failed = presence_failed
         #: sessions between admission and their end (rejected ones included)
         self._live = 0
         self._idle = Event()
@@ -242,6 +244,40 @@ class App:
         """Options for every channel starting with ``prefix`` (the longest prefix wins)."""
         self.rooms.namespaces.add(prefix, options)
 
+    # ------------------------------------------------------------------ channel presence
+
+    def channel_members(self, channel: str) -> list[SessionInfo]:
+        """The channel's members on every live node, oldest first (SPEC section 13).
+
+        From the presence store, leased per node: a node that dies takes its members out
+        within ``presence_ttl``.  Raises `InvalidOption` unless the channel's namespace keeps
+        presence; callable from native threads.
+        """
+        if not self._caller.in_hub_thread():
+            return self._caller.call(self.channel_members, channel)
+        self._check_open()
+        return self.presence.channel_members(self._presence_channel(channel))
+
+    def channel_count(self, channel: str) -> int:
+        """How many members the channel has on every live node (what `channel_members` lists)."""
+        if not self._caller.in_hub_thread():
+            return self._caller.call(self.channel_count, channel)
+        self._check_open()
+        return self.presence.channel_count(self._presence_channel(channel))
+
+    def _presence_channel(self, channel: str) -> str:
+        check_channel(channel)
+        if not self.rooms.namespaces.options(channel).presence:
+            raise InvalidOption(
+                "channel",
+                f"{quote(channel)} is in a namespace without presence: "
+                "register it with rt.channel_namespace(prefix, ChannelOptions(presence=True))",
+            )
+        return channel
+
+    def _check_open(self) -> None:
+        """Raise `RealtimeClosed` once the application is closed; the core alone never is."""
+
     def freeze(self) -> Router[Handler]:
         """End registration: bake the middleware into every handler, once; the dispatch router."""
         router = self._dispatch_router
@@ -343,9 +379,9 @@ class App:
         info = disconnect_info(ending)
         was_open = life.was_open
         life.advance(LifeEvent.ENDED)
-        self.rooms.leave_all(session)
         if was_open:
-            self._unregister(session)
+            self._unregister(session)  # presence: the session leaves every channel with it
+        self.rooms.leave_all(session)  # then rt.leave: the others never see a member that left
         session.finish(info)
         if info.error is not None and not info.expected:
             self.report(info.error, session)

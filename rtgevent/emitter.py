@@ -87,6 +87,17 @@ class Emitter:
     def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]:
         return self.presence.get_identity_sessions(tenant_id, identity_id)
 
+    def channel_members(self, channel: str) -> list[SessionInfo]:
+        """The channel's members on every live node, from presence (namespaces with ``presence=True``).
+
+        An emitter knows no namespaces: a channel whose namespace keeps no presence has none.
+        """
+        return self.presence.channel_members(check_channel(channel))
+
+    def channel_count(self, channel: str) -> int:
+        """How many members the channel has on every live node, from presence."""
+        return self.presence.channel_count(check_channel(channel))
+
     def close(self) -> None:
         self.broker.close()
         self.presence.close()

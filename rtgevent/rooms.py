@@ -13,6 +13,14 @@ itself after a reconnect.
 A subscription that is still being confirmed when a second session joins makes the second
 one wait for the same confirmation; one whose channel emptied meanwhile is dropped as soon
 as it is confirmed.
+
+Namespace options: with ``presence`` a session that joins is made a member in the presence
+store (`Presence.channel_join`, cluster-wide, leased with this node) and one that
+unsubscribes leaves it (`Presence.channel_leave`); a closing session leaves every channel
+through `Presence.unregister`, which the core calls before `leave_all`.  With ``join_leave``
+the channel's other subscribers, on every node, get ``rt.join`` / ``rt.leave`` (after
+presence was written, so a member list asked for on receipt already agrees).  A presence or
+broker failure is reported, never raised to the subscriber: the subscription itself holds.
 """
 
 from __future__ import annotations
@@ -24,16 +32,22 @@ from gevent.event import Event
 
 from .broker.base import BrokerHandler, Subscription
 from .channels import Namespaces, channel_topic, check_channel
+from .codec import Codec, JSONCodec
 from .config import Config
 from .delivery import Fanout
 from .errors import LimitExceeded
+from .message import Message
 
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["Rooms"]
+__all__ = ["JOIN_ROUTE", "LEAVE_ROUTE", "Rooms"]
 
 ErrorSink = Callable[[BaseException], None]
+
+#: what a channel's other subscribers get when a session comes or goes (namespace ``join_leave``)
+JOIN_ROUTE = "rt.join"
+LEAVE_ROUTE = "rt.leave"
 
 #: how long a session joining a channel waits for a subscription another one started
 JOIN_WAIT = 10.0
@@ -57,8 +71,13 @@ class Rooms:
         namespaces: Namespaces,
         handler: BrokerHandler,
         report: ErrorSink,
+        codec: Codec | None = None,
     ) -> None:
         assert fanout.hub is not None, "a gateway's fanout has a hub"
+        #: encodes rt.join / rt.leave (the core sets its own)
+        self.codec: Codec = codec if codec is not None else JSONCodec()
+        #: told when a presence write failed, so presence is retried soon (the core sets the node's)
+        self.presence_failed: Callable[[], None] = _nothing
         self._config = config
         self._fanout = fanout
         self._hub = fanout.hub
@@ -71,7 +90,8 @@ class Rooms:
 
     def subscribe(self, session: Session, channel: str) -> None:
         check_channel(channel)
-        if channel not in session.channels:
+        joining = channel not in session.channels
+        if joining:
             if len(session.channels) >= self._config.max_channels_per_session:
                 raise LimitExceeded(
                     "max_channels_per_session", f"a session may be in {self._config.max_channels_per_session} channels"
@@ -82,18 +102,22 @@ class Rooms:
             self._hub.join(session, channel)
             session.joined(channel)
         self._open(channel)
+        if joining and channel in session.channels:  # not left (or closed) while the broker confirmed
+            self._announce(session, channel, joined=True, presence=True)
 
     def unsubscribe(self, session: Session, channel: str) -> None:
-        session.left(channel)
-        if self._hub.leave(session, channel):
-            self._close(channel)
+        self._leave(session, channel, presence=True)
 
     # ------------------------------------------------------------------ the node's side
 
     def leave_all(self, session: Session) -> None:
-        """A session ended: it leaves every channel it was in."""
+        """A session ended: it leaves every channel it was in.
+
+        Presence is not asked once per channel: `Presence.unregister`, which the core calls
+        first, took the session out of all of them in one write.
+        """
         for channel in session.channels:
-            self.unsubscribe(session, channel)
+            self._leave(session, channel, presence=False)
 
     def activate(self) -> None:
         """The node started: subscribe every channel that has local members already."""
@@ -103,6 +127,38 @@ class Rooms:
     def subscribed(self) -> list[str]:
         """The channels this node holds a broker subscription for (tests and operators)."""
         return [channel for channel, topic in self._topics.items() if topic.subscription is not None]
+
+    def _leave(self, session: Session, channel: str, *, presence: bool) -> None:
+        if channel not in session.channels:
+            return
+        session.left(channel)
+        if self._hub.leave(session, channel):
+            self._close(channel)
+        self._announce(session, channel, joined=False, presence=presence)
+
+    def _announce(self, session: Session, channel: str, *, joined: bool, presence: bool) -> None:
+        """Presence, then rt.join / rt.leave to the others, as the channel's namespace asks."""
+        options = self.namespaces.options(channel)
+        if options.presence and presence:
+            store = self._fanout.presence
+            try:
+                if joined:
+                    store.channel_join(channel, session.info())
+                else:
+                    store.channel_leave(channel, session.id)
+            except Exception as exc:
+                # the subscription holds; a RedisPresence writes the membership (or removes
+                # it) by itself once Redis answers again
+                self.presence_failed()
+                session.report(exc)
+        if options.join_leave:
+            data = {"channel": channel, "session_id": session.id, "identity_id": session.identity.id}
+            route = JOIN_ROUTE if joined else LEAVE_ROUTE
+            try:
+                envelope = self.codec.encode(Message(route, data, metadata={"channel": channel}))
+                self._fanout.publish(channel, envelope, exclude=session.id)
+            except Exception as exc:
+                session.report(exc)
 
     def _open(self, channel: str) -> None:
         topic = self._topics.get(channel)
@@ -135,3 +191,7 @@ class Rooms:
                 topic.subscription.close()
             except Exception as exc:
                 self._report(exc)
+
+
+def _nothing() -> None:
+    pass

@@ -3,7 +3,9 @@
 Configuration comes as JSON in ``RTG_CLUSTER``: broker and presence URLs, a namespace
 unique to the test, presence_ttl, session_policy.  Clients authenticate with
 ``?access_token=<identity>`` (tenant ``acme``).  ``/_control/...`` lets the test act on
-this node and read what its broker consumer received.
+this node and read what its broker consumer received.  Channels starting with ``live:``
+keep presence and tell their subscribers who joins and leaves (``rt.join`` / ``rt.leave``);
+``seen:`` ones keep presence only; every other channel neither.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from rtgevent import BearerTokenAuthenticator, Config, Identity, Message, Realtime, Session
+from rtgevent import BearerTokenAuthenticator, ChannelOptions, Config, Identity, Message, Realtime, Session
 from rtgevent.broker import Broker, broker_from_url
 from rtgevent.broker.base import BrokerHandler, Subscription
 from rtgevent.errors import RealtimeError
@@ -69,6 +71,8 @@ def make_node() -> Callable[..., Iterable[bytes]]:
         presence=presence,
         events=events,
     )
+    rt.channel_namespace("live:", ChannelOptions(presence=True, join_leave=True))
+    rt.channel_namespace("seen:", ChannelOptions(presence=True))
     disconnects: list[dict[str, Any]] = []
 
     @rt.on_subscribe
@@ -100,6 +104,12 @@ def make_node() -> Callable[..., Iterable[bytes]]:
                     "online": rt.is_online("acme", q["identity"]),
                     "sessions": [s.node_id for s in rt.get_identity_sessions("acme", q["identity"])],
                 }
+            if action == "members":
+                return [info.identity_id for info in rt.channel_members(q["channel"])]
+            if action == "member_sessions":
+                return [[info.session_id, info.node_id] for info in rt.channel_members(q["channel"])]
+            if action == "count":
+                return {"count": rt.channel_count(q["channel"])}
         except RealtimeError as exc:
             return {"error": type(exc).__name__, "message": str(exc)}
         if action == "subscribed":

@@ -2,6 +2,7 @@
 
 Usage: python -m tests.emitter_script BROKER PRESENCE NAMESPACE THREADS PER_THREAD IDENTITY...
 Thread t sends [t, i] for i in range(PER_THREAD) to identity IDENTITY[t % len(IDENTITY)].
+An IDENTITY written ``#<channel>`` is a channel instead: thread t publishes ``"t<t>-<i>"`` to it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ def main() -> int:
 
     def run(t: int) -> None:
         try:
+            target = identities[t % len(identities)]
             for i in range(int(per_thread)):
-                emitter.send_to_identity("acme", identities[t % len(identities)], "emit", [t, i])
+                if target.startswith("#"):
+                    emitter.publish(target[1:], "pub", f"t{t}-{i}")
+                else:
+                    emitter.send_to_identity("acme", target, "emit", [t, i])
         except BaseException as exc:
             errors.append(exc)
 

@@ -8,7 +8,8 @@ exactly the excluded session; the last subscriber to leave unsubscribes the node
 
 from __future__ import annotations
 
-import threading
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -17,7 +18,7 @@ import redis
 from rtgevent import Emitter
 from rtgevent.channels import channel_topic
 from tests.clusterkit import BROKERS, REDIS, Client
-from tests.procs import ServeProcess
+from tests.procs import ROOT, ServeProcess
 from tests.waiting import wait_until
 
 CHANNEL_BROKERS = BROKERS
@@ -38,22 +39,17 @@ def test_channel_reaches_its_subscribers_once_in_order_and_only_their_nodes(clus
         assert client.subscribe(room) == {"channel": room, "offset": 0, "epoch": "", "recovered": False, "missed": 0}
     before_c = _channel_payloads(c)
 
-    # from a node, from an Emitter in this process, and from 8 native threads through that Emitter
+    # from a node, from an Emitter in this process, and from an Emitter in a gevent-free process
     for n in range(20):
         a.control("publish", channel=room, data=f"a{n}")
     with Emitter(broker_url, REDIS, namespace=namespace) as emitter:
         for n in range(20):
             emitter.publish(room, "pub", f"e{n}")
 
-        def burst(t: int) -> None:
-            for n in range(10):
-                emitter.publish(room, "pub", f"t{t}-{n}")
-
-        threads = [threading.Thread(target=burst, args=(t,)) for t in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+    # 8 native threads in a process without gevent
+    script = [sys.executable, "-m", "tests.emitter_script", broker_url, REDIS, namespace, "8", "10", f"#{room}"]
+    done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "gevent-free: ok" in done.stdout, done.stderr
     expected = 20 + 20 + 80
     for client in (on_a, on_b):
         got = [client.next() for _ in range(expected)]

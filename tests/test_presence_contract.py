@@ -24,7 +24,7 @@ from rtgevent.errors import BrokerUnavailable, InvalidOption
 from rtgevent.presence import MemoryPresence, Presence, presence_from_url
 from rtgevent.presence.redis import RedisPresence
 from rtgevent.types import SessionInfo
-from tests.services import REDIS_URL, LiveServices
+from tests.services import REDIS_URL, LiveServices, RedisServer
 from tests.waiting import WAIT, wait_until
 
 UTC = datetime.UTC
@@ -649,3 +649,328 @@ def test_redis_presence_validates_its_options(kwargs: dict[str, Any], field: str
     with pytest.raises(InvalidOption) as caught:
         RedisPresence(REDIS_URL, **kwargs)
     assert caught.value.field == field
+
+
+# ---------------------------------------------------------------------------- channel presence (SPEC section 13)
+
+
+def test_channel_members_and_count(presence: Presence) -> None:
+    """Members of a channel on every node, oldest first, field for field; joining again changes nothing."""
+    infos = [make_info(node="node-a"), make_info(identity="bob", node="node-b"), make_info(tenant="globex")]
+    other = make_info(identity="cid", node="node-c")
+    for info in reversed(infos):
+        presence.channel_join("room:1", info)
+    presence.channel_join("room:2", other)
+    presence.channel_join("room:1", infos[0])  # idempotent
+    assert without_expiry(presence.channel_members("room:1")) == infos
+    assert presence.channel_count("room:1") == 3
+    assert without_expiry(presence.channel_members("room:2")) == [other]
+    assert presence.channel_count("room:2") == 1
+    assert presence.channel_members("room:none") == [] and presence.channel_count("room:none") == 0
+    if isinstance(presence, RedisPresence):
+        expires = presence.channel_members("room:1")[0].expires_at  # the node's lease
+        assert expires is not None and datetime.datetime.now(UTC) < expires
+
+    presence.channel_leave("room:1", infos[1].session_id)
+    presence.channel_leave("room:1", infos[1].session_id)  # twice: a no-op
+    presence.channel_leave("room:1", other.session_id)  # not a member of this channel: a no-op
+    presence.channel_leave("room:1", "no-such-session")
+    assert without_expiry(presence.channel_members("room:1")) == [infos[0], infos[2]]
+    assert presence.channel_count("room:1") == 2
+    assert presence.channel_count("room:2") == 1
+    for info in (infos[0], infos[2]):
+        presence.channel_leave("room:1", info.session_id)
+    assert presence.channel_members("room:1") == [] and presence.channel_count("room:1") == 0
+
+
+def test_channel_names_are_kept_apart(presence: Presence) -> None:
+    """Channels that share a prefix, or spell a separator, or an identity's name, are different channels."""
+    names = ["a", "a:b", "a:b:c", "ab", "a.b", "%3A", "acme:alice", "~!@#$%^&*()"]
+    infos = {name: make_info(identity=f"user-{i}") for i, name in enumerate(names)}
+    for name, info in infos.items():
+        presence.channel_join(name, info)
+    presence.register(make_info())  # an identity acme/alice: no channel member
+    for name, info in infos.items():
+        assert without_expiry(presence.channel_members(name)) == [info]
+        assert presence.channel_count(name) == 1
+
+
+def test_channel_membership_is_not_registration(presence: Presence) -> None:
+    """Joining a channel does not put the session online, and registering it joins no channel."""
+    info = make_info(identity="quiet")
+    presence.channel_join("room:1", info)
+    assert not presence.is_online("acme", "quiet")
+    presence.register(info)
+    assert presence.channel_members("room:2") == []
+    presence.channel_leave("room:1", info.session_id)
+    assert presence.is_online("acme", "quiet")
+
+
+def test_unregister_leaves_every_channel(presence: Presence) -> None:
+    """A closing session leaves all its channels with its unregister; others stay; unknown ids are a no-op."""
+    leaving, staying = make_info(), make_info(identity="bob", node="node-b")
+    for store_info in (leaving, staying):
+        presence.register(store_info)
+    for channel in ("room:1", "room:2", "doc.x"):
+        presence.channel_join(channel, leaving)
+        presence.channel_join(channel, staying)
+    never_registered = make_info(identity="eve")  # its registration failed, its joins did not
+    presence.channel_join("room:1", never_registered)
+    presence.unregister(leaving.session_id)
+    presence.unregister(never_registered.session_id)
+    presence.unregister("no-such-session")
+    for channel in ("room:1", "room:2", "doc.x"):
+        assert without_expiry(presence.channel_members(channel)) == [staying]
+        assert presence.channel_count(channel) == 1
+    assert not presence.is_online("acme", "alice")
+    presence.unregister(staying.session_id)
+    for channel in ("room:1", "room:2", "doc.x"):
+        assert presence.channel_count(channel) == 0
+
+
+@pytest.mark.parametrize("channel", ["", "has space", "x" * 256, "é", None])
+def test_a_bad_channel_name_is_refused(presence: Presence, channel: Any) -> None:
+    with pytest.raises(InvalidOption):
+        presence.channel_join(channel, make_info())
+    with pytest.raises(InvalidOption):
+        presence.channel_members(channel)
+    with pytest.raises(InvalidOption):
+        presence.channel_count(channel)
+
+
+def test_concurrent_joins_and_leaves_keep_the_count(presence: Presence) -> None:
+    """Many sessions of three nodes join and half of them leave at once: members and count agree."""
+    infos = [make_info(identity=f"user-{i}", node=("node-a", "node-b", "node-c")[i % 3]) for i in range(60)]
+    jobs = [gevent.spawn(presence.channel_join, "room:busy", info) for info in infos]
+    gevent.joinall(jobs, timeout=WAIT, raise_error=True)
+    jobs = [gevent.spawn(presence.channel_leave, "room:busy", info.session_id) for info in infos[::2]]
+    jobs += [gevent.spawn(presence.channel_join, "room:busy", info) for info in infos[1::2]]  # again: no change
+    gevent.joinall(jobs, timeout=WAIT, raise_error=True)
+    assert without_expiry(presence.channel_members("room:busy")) == infos[1::2]
+    assert presence.channel_count("room:busy") == 30
+
+
+# ---------------------------------------------------------------------------- RedisPresence: channel leases
+
+
+def test_a_dead_nodes_channel_members_vanish_within_ttl_and_are_purged(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+) -> None:
+    """A node that stops renewing leaves every member list and count within ttl; a renew elsewhere purges it."""
+    ttl = 0.5
+    node_a, node_b = redis_presence(30), redis_presence(ttl)
+    node_a.renew("node-a", 30)
+    node_b.renew("node-b", ttl)
+    renewed = time.monotonic()
+    on_a = make_info(node="node-a")
+    on_b = [make_info(identity=f"b-{i}", node="node-b") for i in range(3)]
+    node_a.channel_join("room:1", on_a)
+    for info in on_b:
+        node_b.channel_join("room:1", info)
+        node_b.channel_join("room:b-only", info)
+    node_b.register(on_b[0])
+    assert node_a.channel_count("room:1") == 4
+    wait_until(lambda: node_a.channel_count("room:1") == 1, "node-b's members to drop out")
+    assert time.monotonic() - renewed < ttl + 2.0
+    assert without_expiry(node_a.channel_members("room:1")) == [on_a]
+    assert node_a.channel_members("room:b-only") == [] and node_a.channel_count("room:b-only") == 0
+    # ignored, not yet removed
+    assert admin.scard(f"{ns}:nodechan:node-b") == 6
+    assert admin.hlen(f"{ns}:chan:room:1") == 4
+
+    node_a.renew("node-a", 30)  # purges node-b
+
+    assert not admin.exists(f"{ns}:nodechan:node-b")
+    assert not admin.exists(f"{ns}:node:node-b")
+    assert admin.zscore(f"{ns}:leases", "node-b") is None
+    assert admin.hkeys(f"{ns}:chan:room:1") == [on_a.session_id.encode()]
+    assert admin.hgetall(f"{ns}:chancount:room:1") == {b"node-a": b"1"}
+    assert not admin.exists(f"{ns}:chan:room:b-only")
+    assert not admin.exists(f"{ns}:chancount:room:b-only")
+    assert admin.smembers(f"{ns}:nodechan:node-a") == {f"{on_a.session_id}:room:1".encode()}
+
+
+def test_a_purge_in_small_chunks_removes_every_membership(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+) -> None:
+    """A dead node with many memberships is purged chunk by chunk, its sessions and memberships alike."""
+    node_a, node_b = redis_presence(30), redis_presence(0.5)
+    node_a.renew("node-a", 30)
+    node_b.renew("node-b", 0.5)
+    infos = _fill(node_b, "node-b", 40, 10)
+    for i, info in enumerate(infos):
+        for channel in (f"room:{i % 7}", "room:all"):
+            node_b.channel_join(channel, info)
+    node_a.channel_join("room:all", make_info(node="node-a"))
+    wait_until(lambda: node_a.channel_count("room:all") == 1, "node-b's lease to run out")
+    node_a.purge_chunk = 7
+    assert node_a.purge_node("node-b")
+    assert not [key for key in admin.scan_iter(match=f"{ns}:*") if b"node-b" in key]
+    assert [key for key in admin.scan_iter(match=f"{ns}:chan*")] != []
+    assert admin.hlen(f"{ns}:chan:room:all") == 1
+    assert admin.hgetall(f"{ns}:chancount:room:all") == {b"node-a": b"1"}
+    assert not any(admin.exists(f"{ns}:chan:room:{i}") for i in range(7))
+
+
+def test_a_node_that_renews_during_its_purge_keeps_its_members_and_count(
+    redis_presence: Callable[..., RedisPresence],
+) -> None:
+    """A paused node that comes back while being purged gets all its memberships back, counted right."""
+    node_a, node_b = redis_presence(30), redis_presence(0.5)
+    node_a.renew("node-a", 30)
+    node_b.renew("node-b", 0.5)
+    mine = [make_info(identity=f"user-{i}", node="node-b") for i in range(60)]
+    for info in mine:
+        node_b.channel_join("room:1", info)
+    wait_until(lambda: node_a.channel_count("room:1") == 0, "node-b's lease to run out")
+    node_a.purge_chunk = 10
+    jobs = [gevent.spawn(node_a.purge_node, "node-b"), gevent.spawn(node_b.renew, "node-b", 30)]
+    gevent.joinall(jobs, timeout=WAIT, raise_error=True)
+    node_b.renew("node-b", 30)  # whichever ran first, this one sees the drift and heals
+    assert without_expiry(node_a.channel_members("room:1")) == mine
+    assert node_a.channel_count("room:1") == 60
+
+
+def test_renew_rewrites_memberships_redis_lost_and_drops_stale_ones(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+) -> None:
+    """Redis restarted empty: the next renew writes the node's members and counts back; a ghost is removed."""
+    store = redis_presence()
+    store.renew("node-a", 30)
+    infos = [make_info(identity=f"user-{i}") for i in range(4)]
+    for info in infos:
+        store.register(info)
+        store.channel_join("room:1", info)
+    store.channel_join("room:2", infos[0])
+    admin.delete(*admin.scan_iter(match=f"{ns}:*"))  # what a restart without persistence does
+    assert store.channel_count("room:1") == 0
+    store.renew("node-a", 30)
+    assert without_expiry(store.channel_members("room:1")) == infos
+    assert store.channel_count("room:1") == 4
+    assert without_expiry(store.channel_members("room:2")) == [infos[0]]
+    assert store.channel_count("room:2") == 1
+    assert without_expiry(store.get_identity_sessions("acme", "user-1")) == [infos[1]]
+
+    ghost = make_info(identity="ghost")  # left behind by a channel_leave that failed
+    value = f'["node-a","acme","ghost","x","{ghost.connected_at.isoformat()}"]'
+    admin.hset(f"{ns}:chan:room:1", ghost.session_id, value)
+    admin.sadd(f"{ns}:nodechan:node-a", f"{ghost.session_id}:room:1")
+    admin.hincrby(f"{ns}:chancount:room:1", "node-a", 1)
+    assert store.channel_count("room:1") == 5
+    store.renew("node-a", 30)
+    assert without_expiry(store.channel_members("room:1")) == infos
+    assert store.channel_count("room:1") == 4
+
+
+def test_a_join_that_failed_while_redis_was_down_is_written_when_it_answers(live: LiveServices) -> None:
+    """Redis down: join and leave raise BrokerUnavailable quickly; once Redis is back (empty) renew makes it right."""
+    server = RedisServer()
+    server.start()
+    store = RedisPresence(server.url, 30, socket_timeout=0.5, retries=0, namespace="rtgtest-outage")
+    try:
+        store.renew("node-a", 30)
+        left, joined, kept = make_info(identity="left"), make_info(identity="joined"), make_info(identity="kept")
+        store.channel_join("room:1", left)
+        store.channel_join("room:1", kept)
+        server.stop()
+        with gevent.Timeout(10, AssertionError("a call hung")):
+            with pytest.raises(BrokerUnavailable):
+                store.channel_join("room:1", joined)
+            with pytest.raises(BrokerUnavailable):
+                store.channel_leave("room:1", left.session_id)
+            with pytest.raises(BrokerUnavailable):
+                store.channel_count("room:1")
+        server.start()  # empty: it kept nothing
+        store.renew("node-a", 30)
+        assert without_expiry(store.channel_members("room:1")) == [joined, kept]
+        assert store.channel_count("room:1") == 2
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_close_retires_the_nodes_memberships_at_once(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+) -> None:
+    store, reader = redis_presence(), redis_presence()
+    store.renew("node-z", 30)
+    for _ in range(3):
+        store.channel_join("room:1", make_info(node="node-z"))
+    store.close()
+    assert reader.channel_members("room:1") == [] and reader.channel_count("room:1") == 0
+    assert not list(admin.scan_iter(match=f"{ns}:*"))
+
+
+def test_channel_round_trips(ns: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """join, leave, members, count and the unregister of a session in channels are one round trip each."""
+    sent = [0]
+
+    class CountingConnection(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            sent[0] += 1
+            super().send_packed_command(command, check_health)
+
+    pool = redis.ConnectionPool.from_url(REDIS_URL, connection_class=CountingConnection, socket_timeout=2)
+    client = redis.Redis(connection_pool=pool)
+    store = RedisPresence(client, namespace=ns)
+
+    def trips(op: Callable[[], object]) -> int:
+        before = sent[0]
+        op()
+        return sent[0] - before
+
+    try:
+        client.ping()
+        store.renew("node-a", 30)
+        warm = make_info(identity="warm")  # the first EVALSHA of each script may need a SCRIPT LOAD
+        store.register(warm)
+        store.channel_join("room:warm", warm)
+        store.channel_members("room:warm")
+        store.channel_count("room:warm")
+        store.unregister(warm.session_id)
+        info = make_info()
+        store.register(info)
+        counts = {
+            "channel_join": trips(lambda: store.channel_join("room:1", info)),
+            "channel_join again": trips(lambda: store.channel_join("room:1", info)),
+            "channel_members": trips(lambda: store.channel_members("room:1")),
+            "channel_count": trips(lambda: store.channel_count("room:1")),
+            "channel_leave": trips(lambda: store.channel_leave("room:1", info.session_id)),
+            "channel_leave unknown": trips(lambda: store.channel_leave("room:1", info.session_id)),
+        }
+        for channel in ("room:1", "room:2", "room:3"):
+            store.channel_join(channel, info)
+        counts["unregister of a session in 3 channels"] = trips(lambda: store.unregister(info.session_id))
+        assert store.channel_count("room:2") == 0 and not store.is_online("acme", "alice")
+        with capsys.disabled():
+            print(f"\n[presence] channel round trips: {counts}")
+        assert counts == {
+            "channel_join": 1,
+            "channel_join again": 1,
+            "channel_members": 1,
+            "channel_count": 1,
+            "channel_leave": 1,
+            "channel_leave unknown": 0,
+            "unregister of a session in 3 channels": 1,
+        }
+    finally:
+        store.close()
+        client.close()
+
+
+def test_memory_per_membership(
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MEMORY USAGE of the channel keys for 1,000 memberships (100 channels x 10 members, 2 nodes), per membership."""
+    node_a, node_b = redis_presence(), redis_presence()
+    node_a.renew("node-a", 30)
+    node_b.renew("node-b", 30)
+    before = _namespace_bytes(admin, ns)
+    for i in range(1000):
+        store, node = (node_a, "node-a") if i % 2 else (node_b, "node-b")
+        info = make_info(identity=f"user-{i:06d}", node=node, remote_addr="198.51.100.23")
+        store.channel_join(f"room:{i % 100:04d}", info)
+    per = (_namespace_bytes(admin, ns) - before) / 1000
+    with capsys.disabled():
+        print(f"\n[presence] Redis bytes per channel membership: {per:.0f} (100 channels x 10 members, 2 nodes)")
+    assert per < 400

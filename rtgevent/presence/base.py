@@ -26,7 +26,9 @@ class Presence(Protocol):
         """
         ...
 
-    def unregister(self, session_id: str) -> None: ...
+    def unregister(self, session_id: str) -> None:
+        """Remove a session; it leaves every channel it was in as well (a closing session leaves all)."""
+        ...
 
     def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]: ...
 
@@ -34,6 +36,26 @@ class Presence(Protocol):
 
     def sequence(self, tenant_id: str, identity_id: str) -> int:
         """The login number last given to the identity (0 once it has no session left)."""
+        ...
+
+    def channel_join(self, channel: str, info: SessionInfo) -> None:
+        """Make the session a member of ``channel`` (SPEC section 13, channel presence); idempotent.
+
+        Members are leased with their node (``info.node_id``) exactly like sessions: a node
+        that dies takes its members out of every answer within its ttl.
+        """
+        ...
+
+    def channel_leave(self, channel: str, session_id: str) -> None:
+        """Take the session out of ``channel``; a session that is no member is a no-op."""
+        ...
+
+    def channel_members(self, channel: str) -> list[SessionInfo]:
+        """The channel's members on live nodes, cluster-wide, oldest session first."""
+        ...
+
+    def channel_count(self, channel: str) -> int:
+        """How many members the channel has on live nodes (what `channel_members` would list)."""
         ...
 
     def renew(self, node_id: str, ttl: float) -> None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from ..channels import check_channel
 from ..types import SessionInfo
 
 __all__ = ["MemoryPresence"]
@@ -24,6 +25,9 @@ class MemoryPresence:
         #: each session's login number, and each identity's last one (dropped with its last session)
         self._numbers: dict[str, int] = {}
         self._last: dict[IdentityKey, int] = {}
+        #: channel -> its members (session id -> info), and each member's channels
+        self._members: dict[str, dict[str, SessionInfo]] = {}
+        self._joined: dict[str, set[str]] = {}
 
     def register(self, info: SessionInfo) -> int:
         key = (info.tenant_id, info.identity_id)
@@ -46,6 +50,8 @@ class MemoryPresence:
             info = self._sessions.get(session_id)
             if info is not None:
                 self._drop(info)
+            for channel in self._joined.pop(session_id, ()):
+                self._leave(channel, session_id)
 
     def _drop(self, info: SessionInfo) -> None:
         del self._sessions[info.session_id]
@@ -71,6 +77,40 @@ class MemoryPresence:
         with self._lock:
             return self._last.get((tenant_id, identity_id), 0)
 
+    def channel_join(self, channel: str, info: SessionInfo) -> None:
+        check_channel(channel)
+        with self._lock:
+            self._members.setdefault(channel, {})[info.session_id] = info
+            self._joined.setdefault(info.session_id, set()).add(channel)
+
+    def channel_leave(self, channel: str, session_id: str) -> None:
+        with self._lock:
+            channels = self._joined.get(session_id)
+            if channels is None or channel not in channels:
+                return
+            channels.discard(channel)
+            if not channels:
+                del self._joined[session_id]
+            self._leave(channel, session_id)
+
+    def _leave(self, channel: str, session_id: str) -> None:
+        members = self._members.get(channel)
+        if members is not None:
+            members.pop(session_id, None)
+            if not members:
+                del self._members[channel]
+
+    def channel_members(self, channel: str) -> list[SessionInfo]:
+        check_channel(channel)
+        with self._lock:
+            members = list(self._members.get(channel, {}).values())
+        return sorted(members, key=lambda s: (s.connected_at, s.session_id))
+
+    def channel_count(self, channel: str) -> int:
+        check_channel(channel)
+        with self._lock:
+            return len(self._members.get(channel, ()))
+
     def renew(self, node_id: str, ttl: float) -> None:
         """Nothing to renew: entries live exactly as long as this process."""
 
@@ -80,3 +120,5 @@ class MemoryPresence:
             self._by_identity.clear()
             self._numbers.clear()
             self._last.clear()
+            self._members.clear()
+            self._joined.clear()

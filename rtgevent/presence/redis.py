@@ -16,12 +16,25 @@ a key: tenants are separate worlds)::
     <ns>:node:<node_id>                   set   '<esc(session_id)>:<esc(tenant)>:<identity>'
     <ns>:leases                           zset  node_id -> lease deadline (unix seconds, Redis clock)
     <ns>:seq:<esc(tenant)>:<identity>     string the identity's last login number, once it is above 1
+    <ns>:chan:<channel>                   hash  session_id -> '["<node_id>","<tenant>","<identity>",
+                                                                "<remote_addr>","<connected_at>"]'
+    <ns>:chancount:<channel>              hash  node_id -> how many members the channel has on that node
+    <ns>:nodechan:<node_id>               set   '<esc(session_id)>:<channel>'
 
 The hash value is a compact JSON array rather than `SessionInfo.to_json`: session id, tenant
 and identity are already spelled by the field and the key, ``expires_at`` is the node's
 lease, and a value under 64 bytes keeps small hashes in Redis' compact listpack encoding
 (about half the memory).  A node-set member spells the identity key suffix and the field, so
 a purge finds every entry of a node without reading the hashes.
+
+Channel presence (SPEC section 13) is the same design keyed by channel: a member's value
+starts with its node like an identity entry (so the one lookup script serves both), and its
+channels are listed in the node's own channel set, which the purge empties beside the
+node's sessions.  A channel name is printable ASCII without spaces and ends its keys, so it
+needs no escaping.  ``chancount`` keeps the count per node, raised and lowered by the same
+script that writes a member, so `channel_count` reads one small hash (one field per node)
+however large the channel: it adds up the fields of live nodes.  A purge deletes the dead
+node's field; the self-healing recounts a node's fields from the member hashes.
 
 Deadlines are computed from Redis' own clock (``TIME`` inside the scripts), never from the
 caller's: nodes with skewed clocks still agree on which leases are alive.
@@ -38,16 +51,23 @@ keeps the number and raises the counter back to it.
 Operations and their round trips: `register` and `unregister` are one ``EVALSHA`` of the write
 script; `get_identity_sessions` and `is_online` are one ``EVALSHA`` (the script reads the
 hash and the lease scores of the nodes named in it); `sequence` is one ``EVALSHA``; `renew` is one
-``EVALSHA`` in the steady state.  A purge runs in chunks of `purge_chunk` members, each chunk one atomic script that
-first checks the lease is still expired: two nodes purging the same dead node at once pop
-disjoint members (``SPOP``) and never touch a node that renewed meanwhile.
+``EVALSHA`` in the steady state.  `channel_join` and `channel_leave` are one ``EVALSHA`` of the
+channel script; `unregister` of a session that is in channels is one ``EVALSHA`` of that script,
+which removes the session and all its memberships at once (a closing session leaves every
+channel); `channel_members` is one ``EVALSHA`` of the lookup script, `channel_count` one of the
+count script.  A purge runs in chunks of `purge_chunk` sessions and as many memberships, each
+chunk one atomic script that first checks the lease is still expired: two nodes purging the
+same dead node at once pop disjoint members (``SPOP``) and never touch a node that renewed
+meanwhile.
 
 Self-healing: the object remembers the sessions it registered (it needs them anyway to find
-a session's keys on `unregister`).  When `renew` sees that Redis holds a different number of
-sessions for the node than it registered (Redis restarted empty, the node was purged during
-a long pause, an `unregister` failed while Redis was down), it rewrites the node's entries
-from what it knows.  This assumes one presence object writes each node id, which is how
-`Realtime` uses it (one node id per process).
+a session's keys on `unregister`) and the channel memberships it wrote.  When `renew` sees
+that Redis holds a different number of sessions, or of memberships, for the node than it
+wrote (Redis restarted empty, the node was purged during a long pause, an `unregister` or a
+`channel_leave` failed while Redis was down), it rewrites the node's entries from what it
+knows.  A `channel_join` that fails stays remembered (its caller gets `BrokerUnavailable`),
+so the first renew that reaches Redis again writes it.  This assumes one presence object
+writes each node id, which is how `Realtime` uses it (one node id per process).
 
 The scripts name keys they compute (the identity hashes of a purged node), so this store
 needs a single Redis (or a primary with replicas), not Redis Cluster.  Redis >= 5.
@@ -55,18 +75,21 @@ needs a single Redis (or a primary with replicas), not Redis Cluster.  Redis >= 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
 import json
 import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import redis
 
 from ..broker.base import check_namespace
+from ..channels import check_channel
 from ..errors import BrokerUnavailable, InvalidOption
 from ..retry import backoff_delay, redact_url, redis_client
 from ..types import SessionInfo
@@ -84,6 +107,9 @@ _RETRY_CAP = 1.0
 #: How many expired nodes one `renew` looks at: a mass outage is purged over a few renewals
 #: instead of blocking one renewer for long.
 _EXPIRED_SCAN = 16
+
+#: How long a self-healing waits for the writes in flight, and a write for a self-healing.
+_HEAL_WAIT = 5.0
 
 # Reads the identity hash and the lease of each node named in it, in one round trip, and
 # keeps only the sessions of live nodes.  ARGV[1] == "1" answers "anyone alive?" (is_online)
@@ -117,8 +143,8 @@ if any then return 0 end
 return out
 """
 
-# Sets this node's deadline to now + ttl, and reports how many sessions Redis holds for it
-# (to detect lost entries) and a few expired nodes (to purge).
+# Sets this node's deadline to now + ttl, and reports how many sessions and channel
+# memberships Redis holds for it (to detect lost entries) and a few expired nodes (to purge).
 _RENEW_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -126,8 +152,92 @@ local deadline = string.format('%.6f', now + tonumber(ARGV[2]))
 redis.call('ZADD', KEYS[1], deadline, ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now),
                            'LIMIT', 0, tonumber(ARGV[3]))
-return {deadline, redis.call('SCARD', KEYS[2]), expired}
+return {deadline, redis.call('SCARD', KEYS[2]), expired, redis.call('SCARD', KEYS[3])}
 """
+
+# How many members a channel has on live nodes: the count hash has one field per node.
+_COUNT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local h = redis.call('HGETALL', KEYS[1])
+local n = 0
+for i = 1, #h, 2 do
+  local d = redis.call('ZSCORE', KEYS[2], h[i])
+  if d and tonumber(d) > now then n = n + tonumber(h[i + 1]) end
+end
+return n
+"""
+
+# The node a stored value (identity entry or channel member) names, or nil.
+_NODE_OF_LUA = """
+local function node_of(v)
+  local ok, t = pcall(cjson.decode, v)
+  if ok and type(t) == 'table' and type(t[1]) == 'string' then return t[1] end
+  return nil
+end
+"""
+
+# Adds or removes one session's memberships of channels, atomically (a purge sees all or none),
+# keeping each channel's count per node.  'unregister' removes the memberships and the
+# session's identity entry, as the write script's 'del' does: a closing session is one call.
+# ARGV: op ('add', 'del', 'unregister'), session id, node id, member value, the number n of
+# channels, then n node-channel-set members, then (unregister) the identity node-set member.
+# KEYS: the node's channel set, then each channel's member hash and count hash, then
+# (unregister) the identity hash, the node set and the identity's login counter.
+# A member is removed only if it names this node: a session id is a node's own.
+_CHANNEL_LUA = (
+    _NODE_OF_LUA
+    + """
+local function uncount(key, node)
+  if node and redis.call('HINCRBY', key, node, -1) <= 0 then redis.call('HDEL', key, node) end
+end
+local op, sid, node = ARGV[1], ARGV[2], ARGV[3]
+local n = tonumber(ARGV[5])
+local changed = 0
+for i = 1, n do
+  local members, counts, entry = KEYS[2 * i], KEYS[2 * i + 1], ARGV[5 + i]
+  local old = redis.call('HGET', members, sid)
+  local was = old and node_of(old)
+  if op == 'add' then
+    redis.call('HSET', members, sid, ARGV[4])
+    redis.call('SADD', KEYS[1], entry)
+    if was ~= node then
+      uncount(counts, was)
+      redis.call('HINCRBY', counts, node, 1)
+      changed = changed + 1
+    end
+  else
+    redis.call('SREM', KEYS[1], entry)
+    if was == node then
+      redis.call('HDEL', members, sid)
+      uncount(counts, node)
+      changed = changed + 1
+    end
+  end
+end
+if op == 'unregister' then
+  local k = 2 * n + 2
+  redis.call('HDEL', KEYS[k], sid)
+  redis.call('SREM', KEYS[k + 1], ARGV[6 + n])
+  if redis.call('EXISTS', KEYS[k]) == 0 then redis.call('DEL', KEYS[k + 2]) end
+end
+return changed
+"""
+)
+
+# Sets a node's count of a channel from the member hash (self-healing only: it reads every
+# member).  KEYS: the member hash, the count hash; ARGV: the node id.
+_RECOUNT_LUA = (
+    _NODE_OF_LUA
+    + """
+local n = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  if node_of(v) == ARGV[1] then n = n + 1 end
+end
+if n > 0 then redis.call('HSET', KEYS[2], ARGV[1], n) else redis.call('HDEL', KEYS[2], ARGV[1]) end
+return n
+"""
+)
 
 # Adds or removes one session, atomically (a purge sees all of its entries or none).
 # KEYS: the identity hash, the node set, the identity's login counter.
@@ -163,30 +273,49 @@ if last then return tonumber(last) end
 return redis.call('EXISTS', KEYS[1])
 """
 
-# Purges one chunk of an expired node, atomically.  Returns how many members are left (0 when
-# done, and then the lease entry is gone too), or -1 if the node renewed meanwhile (it is
-# alive: leave it alone; its own renew re-adds what an earlier chunk removed).  A node with no
-# lease entry is left alone as well: it registered after an earlier purge and has not renewed
-# yet, or another purger just finished.
-_PURGE_LUA = """
+# Purges one chunk of an expired node, atomically: up to ARGV[3] sessions and as many channel
+# memberships.  Returns how many entries are left (0 when done, and then the lease entry is
+# gone too), or -1 if the node renewed meanwhile (it is alive: leave it alone; its own renew
+# re-adds what an earlier chunk removed).  A node with no lease entry is left alone as well:
+# it registered after an earlier purge and has not renewed yet, or another purger just
+# finished.  A membership's channel loses the node's count field (the node is dead: none of
+# its members count); the member itself goes only if it names the node.
+_PURGE_LUA = (
+    _NODE_OF_LUA
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local d = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not d then return 0 end
 if tonumber(d) > now then return -1 end
+local function unesc(text)
+  return (string.gsub(text, '%%(%x%x)', function(h) return string.char(tonumber(h, 16)) end))
+end
 local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[3]))
 for _, m in ipairs(members) do
   local sid, rest = string.match(m, '^([^:]*):(.*)$')
   if sid then
-    sid = string.gsub(sid, '%%(%x%x)', function(h) return string.char(tonumber(h, 16)) end)
+    sid = unesc(sid)
     redis.call('HDEL', ARGV[2] .. rest, sid)
     if redis.call('EXISTS', ARGV[2] .. rest) == 0 then redis.call('DEL', ARGV[4] .. rest) end
   end
 end
-local left = redis.call('SCARD', KEYS[2])
+local joined = redis.call('SPOP', KEYS[3], tonumber(ARGV[3]))
+for _, m in ipairs(joined) do
+  local sid, channel = string.match(m, '^([^:]*):(.*)$')
+  if sid then
+    sid = unesc(sid)
+    local key = ARGV[5] .. channel
+    local v = redis.call('HGET', key, sid)
+    if v and node_of(v) == ARGV[1] then redis.call('HDEL', key, sid) end
+    redis.call('HDEL', ARGV[6] .. channel, ARGV[1])
+  end
+end
+local left = redis.call('SCARD', KEYS[2]) + redis.call('SCARD', KEYS[3])
 if left == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return left
 """
+)
 
 #: Chunks one `purge_node` call works through at most (x `purge_chunk` = 5M sessions by default).
 _PURGE_ROUNDS = 10_000
@@ -265,12 +394,23 @@ class RedisPresence:
         self._leases_key = f"{namespace}:leases"
         self._ident_prefix = f"{namespace}:ident:"
         self._seq_prefix = f"{namespace}:seq:"
+        self._chan_prefix = f"{namespace}:chan:"
+        self._count_prefix = f"{namespace}:chancount:"
         self._lookup = self._client.register_script(_LOOKUP_LUA)
+        self._count = self._client.register_script(_COUNT_LUA)
+        self._channel_script = self._client.register_script(_CHANNEL_LUA)
+        self._recount = self._client.register_script(_RECOUNT_LUA)
         self._renew = self._client.register_script(_RENEW_LUA)
         self._purge = self._client.register_script(_PURGE_LUA)
         self._write_script = self._client.register_script(_WRITE_LUA)
         self._sequence = self._client.register_script(_SEQUENCE_LUA)
         self._lock = threading.Lock()
+        #: writes (register, unregister, channel joins and leaves) in flight, and whether a
+        #: self-healing runs: healing waits for the writes in flight and holds new ones back,
+        #: so it never rewrites a state that a concurrent write is changing
+        self._quiet = threading.Condition(self._lock)
+        self._writing = 0
+        self._healing = False
         #: sessions this object registered (and has not unregistered): what `unregister` and
         #: the self-healing in `renew` need.  Held only around dict updates, never across I/O.
         self._sessions: dict[str, SessionInfo] = {}
@@ -280,6 +420,10 @@ class RedisPresence:
         self._by_node: dict[str, set[str]] = {}
         #: nodes this object renewed (they get retired on close)
         self._leased: set[str] = set()
+        #: channel memberships this object wrote (and did not remove): session id -> channel ->
+        #: the info it joined with; and node id -> its node-channel-set members (kept when empty)
+        self._joined: dict[str, dict[str, SessionInfo]] = {}
+        self._joined_by_node: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ keys
 
@@ -291,6 +435,21 @@ class RedisPresence:
 
     def _node_key(self, node_id: str) -> str:
         return f"{self._ns}:node:{node_id}"
+
+    def _node_channels_key(self, node_id: str) -> str:
+        return f"{self._ns}:nodechan:{node_id}"
+
+    @staticmethod
+    def _channel_entry(session_id: str, channel: str) -> str:
+        """A node-channel-set member: the session id (escaped: it ends at the first ``:``), the channel."""
+        return f"{_esc(session_id)}:{channel}"
+
+    @staticmethod
+    def _member_value(info: SessionInfo) -> str:
+        return json.dumps(
+            [info.node_id, info.tenant_id, info.identity_id, info.remote_addr, _dt_out(info.connected_at)],
+            separators=(",", ":"),
+        )
 
     @staticmethod
     def _member(info: SessionInfo) -> str:
@@ -307,6 +466,10 @@ class RedisPresence:
         if info.node_id not in self._leased:
             # A session of a node without a lease would be invisible and never purged.
             self.renew(info.node_id, self._ttl)
+        with self._write_op():
+            return self._register(info)
+
+    def _register(self, info: SessionInfo) -> int:
         with self._lock:
             previous = self._sessions.get(info.session_id)
             kept = self._numbers.get(info.session_id)
@@ -336,15 +499,35 @@ class RedisPresence:
         return int(number)
 
     def unregister(self, session_id: str) -> None:
-        """Remove a session this object registered: one EVALSHA; unknown ids are a no-op."""
+        """Remove a session this object registered, and its channel memberships: one EVALSHA.
+
+        Unknown ids are a no-op.  A session whose registration failed still leaves the
+        channels it joined.
+        """
+        with self._write_op():
+            self._unregister(session_id)
+
+    def _unregister(self, session_id: str) -> None:
         with self._lock:
             info = self._sessions.get(session_id)
-            if info is None:
-                return
-            # Forgotten first: if Redis is down, the entry left behind is removed by the
+            # Forgotten first: if Redis is down, the entries left behind are removed by the
             # self-healing of the next renew instead of being re-added.
-            self._forget(info)
-        self._run("unregister", lambda: self._write_one(info, None, add=False))
+            if info is not None:
+                self._forget(info)
+            joined = self._forget_joined(session_id, None)
+        if not joined:
+            if info is not None:
+                self._run("unregister", lambda: self._write_one(info, None, add=False))
+            return
+        by_node: dict[str, list[tuple[str, SessionInfo]]] = {}
+        for channel, member in joined.items():
+            by_node.setdefault(member.node_id, []).append((channel, member))
+        for node_id, memberships in sorted(by_node.items()):
+            # the identity entry goes with the memberships of its own node (normally the only one)
+            with_identity = info if info is not None and info.node_id == node_id else None
+            self._run("unregister", functools.partial(self._channel_write, "del", memberships, with_identity))
+        if info is not None and info.node_id not in by_node:
+            self._run("unregister", lambda: self._write_one(info, None, add=False))
 
     def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]:
         """Live sessions of one identity, oldest first; one EVALSHA.  ``expires_at`` is the node's lease."""
@@ -377,6 +560,59 @@ class RedisPresence:
         keys = [self._ident_key(tenant_id, identity_id), self._seq_key(tenant_id, identity_id)]
         return int(self._run("sequence", lambda: self._sequence(keys=keys)))
 
+    def channel_join(self, channel: str, info: SessionInfo) -> None:
+        """Make the session a member of ``channel``, on its node's lease: one EVALSHA, idempotent.
+
+        If Redis fails, `BrokerUnavailable` is raised and the membership stays remembered:
+        the next `renew` that reaches Redis writes it (the self-healing).
+        """
+        check_channel(channel)
+        if info.node_id not in self._leased:
+            self.renew(info.node_id, self._ttl)  # a member of a node without a lease is invisible
+        with self._write_op():
+            self._channel_join(channel, info)
+
+    def _channel_join(self, channel: str, info: SessionInfo) -> None:
+        with self._lock:
+            self._forget_joined(info.session_id, channel)
+            self._joined.setdefault(info.session_id, {})[channel] = info
+            self._joined_by_node.setdefault(info.node_id, set()).add(self._channel_entry(info.session_id, channel))
+        self._run("channel_join", lambda: self._channel_write("add", [(channel, info)]))
+
+    def channel_leave(self, channel: str, session_id: str) -> None:
+        """Take the session out of ``channel``: one EVALSHA; a membership this object did not write is a no-op."""
+        with self._write_op():
+            with self._lock:
+                joined = self._forget_joined(session_id, channel)
+            if joined:
+                self._run("channel_leave", lambda: self._channel_write("del", list(joined.items())))
+
+    def channel_members(self, channel: str) -> list[SessionInfo]:
+        """The channel's members on live nodes, oldest first; one EVALSHA.  ``expires_at`` is the node's lease."""
+        keys = [self._chan_prefix + check_channel(channel), self._leases_key]
+        flat = self._run("channel_members", lambda: self._lookup(keys=keys, args=["0"]))
+        found: list[SessionInfo] = []
+        for i in range(0, len(flat), 3):
+            node_id, tenant_id, identity_id, remote_addr, connected_at = json.loads(flat[i + 1])
+            found.append(
+                SessionInfo(
+                    session_id=_text(flat[i]),
+                    identity_id=identity_id,
+                    tenant_id=tenant_id,
+                    node_id=node_id,
+                    remote_addr=remote_addr,
+                    connected_at=datetime.datetime.fromisoformat(connected_at),
+                    expires_at=datetime.datetime.fromtimestamp(float(flat[i + 2]), datetime.UTC),
+                )
+            )
+        found.sort(key=lambda s: (s.connected_at, s.session_id))
+        return found
+
+    def channel_count(self, channel: str) -> int:
+        """How many members the channel has on live nodes; one EVALSHA reading one field per node."""
+        keys = [self._count_prefix + check_channel(channel), self._leases_key]
+        return int(self._run("channel_count", lambda: self._count(keys=keys)))
+
     def renew(self, node_id: str, ttl: float) -> None:
         """Extend the node's lease to now + ``ttl`` (Redis clock); heal its entries; purge dead nodes.
 
@@ -384,15 +620,25 @@ class RedisPresence:
         which run anyway, instead of on a janitor process someone must remember to deploy.
         """
         _check_ttl(ttl)
-        keys = [self._leases_key, self._node_key(node_id)]
+        keys = [self._leases_key, self._node_key(node_id), self._node_channels_key(node_id)]
         reply = self._run("renew", lambda: self._renew(keys=keys, args=[node_id, repr(float(ttl)), _EXPIRED_SCAN]))
-        _deadline, stored, expired = reply
+        _deadline, stored, expired, stored_joined = reply
         with self._lock:
             self._leased.add(node_id)
             known = self._by_node.get(node_id)
             drifted = known is not None and len(known) != int(stored)
-        if drifted:
-            self._heal(node_id)
+            joined = self._joined_by_node.get(node_id)
+            joined_drifted = joined is not None and len(joined) != int(stored_joined)
+        if (drifted or joined_drifted) and self._begin_healing():
+            try:
+                if drifted:
+                    self._heal(node_id)
+                if joined_drifted:
+                    self._heal_channels(node_id)
+            finally:
+                with self._quiet:
+                    self._healing = False
+                    self._quiet.notify_all()
         for raw in expired:
             dead = _text(raw)
             if dead != node_id:
@@ -410,6 +656,8 @@ class RedisPresence:
             self._sessions.clear()
             self._numbers.clear()
             self._by_node.clear()
+            self._joined.clear()
+            self._joined_by_node.clear()
         try:
             for node_id in leased:
                 # Deadline 0 = expired now: lookups ignore it at once and the purge's
@@ -431,8 +679,15 @@ class RedisPresence:
         the bound only guards against a node registering while its lease is expired): what
         is left is purged by a later renew.
         """
-        keys = [self._leases_key, self._node_key(node_id)]
-        args: list[str | int] = [node_id, self._ident_prefix, self.purge_chunk, self._seq_prefix]
+        keys = [self._leases_key, self._node_key(node_id), self._node_channels_key(node_id)]
+        args: list[str | int] = [
+            node_id,
+            self._ident_prefix,
+            self.purge_chunk,
+            self._seq_prefix,
+            self._chan_prefix,
+            self._count_prefix,
+        ]
         for _ in range(_PURGE_ROUNDS):
             left = int(self._run("purge", lambda: self._purge(keys=keys, args=args)))
             if left < 0:
@@ -473,7 +728,66 @@ class RedisPresence:
         if stale or want:
             self._run("heal", write)
 
+    def _heal_channels(self, node_id: str) -> None:
+        """Make Redis hold exactly the channel memberships this object wrote on ``node_id``.
+
+        Like `_heal`: SMEMBERS, SCRIPT EXISTS and one MULTI that removes the stale
+        memberships, writes the wanted ones and recounts the node in every channel touched.
+        """
+        set_key = self._node_channels_key(node_id)
+        stored = {_text(m) for m in self._run("heal", lambda: self._client.smembers(set_key))}
+        with self._lock:
+            want: list[tuple[str, SessionInfo]] = []
+            for entry in self._joined_by_node.get(node_id, ()):
+                sid, _, channel = entry.partition(":")
+                want.append((channel, self._joined[_unesc(sid)][channel]))
+            wanted = self._joined_by_node.get(node_id, set()).copy()
+        stale = [entry for entry in stored if entry not in wanted]
+        channels = {channel for channel, _ in want} | {entry.partition(":")[2] for entry in stale}
+
+        def write() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            for entry in stale:
+                sid, _, channel = entry.partition(":")
+                keys = [set_key, self._chan_prefix + channel, self._count_prefix + channel]
+                self._channel_script(keys=keys, args=["del", _unesc(sid), node_id, "", 1, entry], client=pipe)
+            for channel, info in want:
+                keys, args = self._channel_call("add", [(channel, info)], None)
+                self._channel_script(keys=keys, args=args, client=pipe)
+            for channel in sorted(channels):
+                keys = [self._chan_prefix + channel, self._count_prefix + channel]
+                self._recount(keys=keys, args=[node_id], client=pipe)
+            pipe.execute()
+
+        if channels:
+            self._run("heal", write)
+
     # ------------------------------------------------------------------ internals
+
+    @contextlib.contextmanager
+    def _write_op(self) -> Iterator[None]:
+        """One write of this object's state (see ``_quiet``): waits while a self-healing runs."""
+        with self._quiet:
+            self._quiet.wait_for(lambda: not self._healing, timeout=_HEAL_WAIT)
+            self._writing += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._writing -= 1
+                self._quiet.notify_all()
+
+    def _begin_healing(self) -> bool:
+        """Hold new writes back and wait for those in flight; False (heal at a later renew) if they do not end."""
+        with self._quiet:
+            if self._healing:
+                return False
+            self._healing = True
+            if self._quiet.wait_for(lambda: self._writing == 0, timeout=_HEAL_WAIT):
+                return True
+            self._healing = False
+            self._quiet.notify_all()
+            return False
 
     def _remember(self, info: SessionInfo) -> None:
         self._sessions[info.session_id] = info
@@ -483,6 +797,50 @@ class RedisPresence:
         del self._sessions[info.session_id]
         self._numbers.pop(info.session_id, None)
         self._by_node[info.node_id].discard(info.session_id)
+
+    def _forget_joined(self, session_id: str, channel: str | None) -> dict[str, SessionInfo]:
+        """Forget one membership of a session (``channel``) or all of them (None); what was forgotten.
+
+        Called with the lock held.
+        """
+        mine = self._joined.get(session_id)
+        if not mine:
+            return {}
+        if channel is None:
+            gone = self._joined.pop(session_id)
+        elif channel in mine:
+            gone = {channel: mine.pop(channel)}
+            if not mine:
+                del self._joined[session_id]
+        else:
+            return {}
+        for name, info in gone.items():
+            self._joined_by_node[info.node_id].discard(self._channel_entry(session_id, name))
+        return gone
+
+    def _channel_call(
+        self, op: str, memberships: list[tuple[str, SessionInfo]], identity: SessionInfo | None
+    ) -> tuple[list[str], list[str | int]]:
+        """Keys and arguments of the channel script for memberships of one session on one node."""
+        first = memberships[0][1]
+        keys = [self._node_channels_key(first.node_id)]
+        entries: list[str | int] = []
+        for channel, _info in memberships:
+            keys += [self._chan_prefix + channel, self._count_prefix + channel]
+            entries.append(self._channel_entry(first.session_id, channel))
+        args: list[str | int] = [op, first.session_id, first.node_id, self._member_value(first), len(memberships)]
+        args += entries
+        if identity is not None:
+            keys += self._keys(identity)
+            args.append(self._member(identity))
+        return keys, args
+
+    def _channel_write(
+        self, op: str, memberships: list[tuple[str, SessionInfo]], identity: SessionInfo | None = None
+    ) -> Any:
+        """One EVALSHA of the channel script; with ``identity``, the session's identity entry goes too."""
+        keys, args = self._channel_call("unregister" if identity is not None else op, memberships, identity)
+        return self._channel_script(keys=keys, args=args)
 
     def _moved(self, previous: SessionInfo | None, info: SessionInfo) -> list[SessionInfo]:
         """A re-registered session id whose keys changed: its old entries must go in the same MULTI."""
