@@ -1,4 +1,5 @@
-"""The ``rtgevent`` command line: serve an application, or run the demo; and `serve`, its server as a call.
+"""The ``rtgevent`` command line: serve an application, run the demo, or reach a cluster's sessions
+through an `Emitter` (``send``, ``broadcast``, ``publish``, ...); and `serve`, its server as a call.
 
 The CLI is the one place besides tests and examples that monkey-patches: it does so
 before importing anything that might import socket, ssl or threading.  `serve` (also
@@ -143,19 +144,29 @@ def _data(text: str | None) -> Any:
         return text  # not JSON: send the text as a string
 
 
+#: the commands that run an `Emitter`
+_EMITTER_VERBS = ("send", "broadcast", "online", "sessions", "kick", "publish", "members")
+
+
 def _emit(args: argparse.Namespace) -> int:
-    """The Emitter verbs: one line of output, one clear line and a non-zero exit on failure."""
+    """The Emitter verbs: what they did on stdout; on failure one clear line on stderr, a non-zero exit."""
     from .emitter import Emitter
     from .errors import RealtimeError
 
-    if not args.broker or not args.presence:
-        print(
-            "rtgevent: --broker and --presence (or RTGEVENT_BROKER_URL / RTGEVENT_PRESENCE_URL) are required",
-            file=sys.stderr,
-        )
+    broker, presence = args.broker, args.presence
+    # publish needs only the broker, members only presence: the other one is in-process
+    if args.command == "publish":
+        presence = presence or "memory://"
+    elif args.command == "members":
+        broker = broker or "memory://"
+    if not broker or not presence:
+        flags = [flag for flag, url in (("--broker", broker), ("--presence", presence)) if not url]
+        names = [f"RTGEVENT_{flag[2:].upper()}_URL" for flag in flags]
+        verb = "is" if len(flags) == 1 else "are"
+        print(f"rtgevent: {' and '.join(flags)} (or {' / '.join(names)}) {verb} required", file=sys.stderr)
         return 2
     try:
-        with Emitter(args.broker, args.presence, namespace=args.namespace) as emitter:
+        with Emitter(broker, presence, namespace=args.namespace) as emitter:
             if args.command == "send":
                 nodes = emitter.send_to_identity(args.tenant, args.identity, args.route, _data(args.data))
                 print(f"sent to {args.tenant}/{args.identity} on {nodes} node(s)")
@@ -172,6 +183,14 @@ def _emit(args: argparse.Namespace) -> int:
             elif args.command == "kick":
                 nodes = emitter.kick_identity(args.tenant, args.identity, args.code, args.reason)
                 print(f"kicked {args.tenant}/{args.identity} on {nodes} node(s)")
+            elif args.command == "publish":
+                emitter.publish(args.channel, args.route, _data(args.data))
+                print(f"published to {args.channel}")
+            elif args.command == "members":
+                members = emitter.channel_members(args.channel)
+                for info in members:  # oldest first, as presence lists them
+                    print(f"{info.session_id} {info.tenant_id}/{info.identity_id} {info.node_id}")
+                print(f"{len(members)} member(s)")
     except RealtimeError as exc:
         print(str(exc).splitlines()[0], file=sys.stderr)
         return 1
@@ -199,22 +218,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("online", "is the identity online? (exit 1 when not)"),
         ("sessions", "the identity's live sessions, one JSON line each"),
         ("kick", "close every live session of an identity"),
+        ("publish", "send to every subscriber of a channel on every node (needs only --broker)"),
+        ("members", "a channel's members, one line each, then their count (needs only --presence)"),
     ]:
         cmd = sub.add_parser(verb, help=text)
         cmd.add_argument("--broker", default=os.environ.get("RTGEVENT_BROKER_URL"))
         cmd.add_argument("--presence", default=os.environ.get("RTGEVENT_PRESENCE_URL"))
         cmd.add_argument("--namespace", default="rtgevent")
-        if verb != "broadcast":
+        if verb in ("publish", "members"):
+            cmd.add_argument("channel")
+        elif verb != "broadcast":
             cmd.add_argument("tenant")
             cmd.add_argument("identity")
-        if verb in ("send", "broadcast"):
+        if verb in ("send", "broadcast", "publish"):
             cmd.add_argument("route")
             cmd.add_argument("data", nargs="?", help="JSON (or plain text)")
         if verb == "kick":
             cmd.add_argument("--code", type=int, default=1008)
             cmd.add_argument("--reason", default="kicked")
     args = parser.parse_args(argv)
-    if args.command in ("send", "broadcast", "online", "sessions", "kick"):
+    if args.command in _EMITTER_VERBS:
         return _emit(args)  # synchronous: no gevent, no monkey-patching
     _patch()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
