@@ -1,4 +1,4 @@
-"""The ``rtgevent demo`` application: a chat with a cookie login, presence and direct messages.
+"""The ``rtgevent demo`` application: a chat with rooms, a cookie login, presence and direct messages.
 
 Lives in the package (not only in ``examples/chat``) so that an installed rtgevent can
 run it: ``rtgevent demo`` serves `make_demo_app` on http://127.0.0.1:8000 with the
@@ -13,11 +13,35 @@ What it shows, in the order a reader meets it:
   ``flask.session``, which works because the dispatcher of `rtgevent.flask` runs the
   `Realtime` inside the Flask request context.  Cookies ride along on a cross-site
   WebSocket too, which is why the default same-origin check on ``Origin`` matters here;
-* handlers: ``chat.send`` (broadcast), ``chat.direct`` (`Realtime.send_to_identity`),
-  ``chat.who`` (a request answered with a reply), and errors as ``rt.error`` with
-  application codes;
+* rooms as channels (SPEC section 13): ``#general`` and ``#random`` are the channels
+  ``room:general`` and ``room:random``; the page subscribes with ``rt.subscribe`` (and
+  again by itself after a reconnect), ``@rt.on_subscribe`` lets clients into those rooms
+  only, and the namespace ``room:`` has channel presence and join/leave notices
+  (``ChannelOptions(presence=True, join_leave=True)``);
+* handlers: ``chat.send`` with a ``room`` (`Realtime.publish` to the room's channel; without
+  one, a broadcast to everyone), ``chat.room`` (a room's members from
+  `Realtime.channel_members`, and its recent messages), ``chat.direct``
+  (`Realtime.send_to_identity`), ``chat.who`` (a request answered with a reply), and errors
+  as ``rt.error`` with application codes;
 * ``on_connect`` / ``on_disconnect`` keeping everyone's "who is online" list current;
 * ``demo.html`` using ``rtgevent.js`` (served by the blueprint at ``/ws/rtgevent.js``).
+
+The chat's protocol (all requests answer ``{"ok": true}`` unless said otherwise):
+
+* server → client on connect: ``chat.welcome`` ``{"you", "rooms", "history"}`` (``history``:
+  the recent messages to everyone), then ``chat.online`` ``{"online": [names]}`` to everyone
+  whenever someone comes or goes;
+* ``rt.subscribe`` ``{"channel": "room:general"}``: enter a room; its messages come as
+  ``chat.message`` envelopes with ``metadata.channel``, its comings and goings as
+  ``rt.join`` / ``rt.leave``;
+* ``chat.send`` ``{"room", "text"}``: to a room the session is in (``not_in_room`` otherwise),
+  every member gets it, the sender's tabs included; ``{"text"}`` alone goes to everyone;
+* ``chat.room`` ``{"room"}`` → ``{"room", "count", "members": [{"session_id", "name"}], "history"}``;
+* ``chat.direct`` ``{"to", "text"}``: to every tab of ``to`` and of the sender;
+  ``chat.who`` → ``{"online": [names]}``.
+
+A message is ``{"id", "from", "text", "at"}`` (plus ``room`` in a room); a direct one is
+``{"from", "to", "text", "at"}``.
 """
 
 from __future__ import annotations
@@ -26,6 +50,7 @@ import collections
 import datetime
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +59,9 @@ from flask import Flask, redirect, request, send_from_directory, url_for
 from markupsafe import escape
 from werkzeug.wrappers import Request, Response
 
+from .channels import ChannelOptions
 from .config import Config
-from .errors import BadMessage, RealtimeError, SessionClosed, Unauthorized, UnknownRoute
+from .errors import BadMessage, RealtimeError, SessionClosed, Unauthorized, UnknownRoute, quote
 from .flask import init_app
 from .message import Message
 from .realtime import Realtime
@@ -48,6 +74,9 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_NAME = 32
 MAX_TEXT = 2000
 HISTORY = 50
+#: the chat's rooms, in the order the page shows them; room ``x`` is the channel ``room:x``
+ROOMS = ("general", "random")
+ROOM_PREFIX = "room:"
 
 LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>rtgevent chat: log in</title>
@@ -102,6 +131,18 @@ def _text(data: Any) -> str:
     return text
 
 
+def _entry(session: Session, text: str, **where: str) -> dict[str, Any]:
+    """One message: an id (pages drop what they already show), who, what, when, and where."""
+    return {"id": secrets.token_hex(8), "from": session.identity.id, "text": text, "at": _now(), **where}
+
+
+def _room(data: Any) -> str:
+    room = data.get("room") if isinstance(data, dict) else None
+    if not isinstance(room, str) or room not in ROOMS:
+        raise ChatError("no_such_room", f"there is no room {quote(room)}; the rooms are {', '.join(ROOMS)}")
+    return room
+
+
 def _clean_name(raw: str) -> str:
     name = " ".join(raw.split())
     if not name or len(name) > MAX_NAME or not name.isprintable():
@@ -112,7 +153,11 @@ def _clean_name(raw: str) -> str:
 def make_chat(config: Config | None = None) -> Realtime:
     """The chat's `Realtime`: handlers and hooks, no HTTP (usable without Flask in tests)."""
     rt = Realtime(config or Config(), authenticator=SessionAuthenticator())
+    # rooms keep their members cluster-wide and tell them who comes and goes
+    rt.channel_namespace(ROOM_PREFIX, ChannelOptions(presence=True, join_leave=True))
+    #: messages to everyone (a chat.send without a room)
     history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
+    room_history = {room: collections.deque[dict[str, Any]](maxlen=HISTORY) for room in ROOMS}
     log = logging.getLogger("rtgevent.demo")
 
     def online() -> list[str]:
@@ -121,8 +166,14 @@ def make_chat(config: Config | None = None) -> Realtime:
 
     @rt.on_connect
     def joined(session: Session) -> None:
-        session.send("chat.welcome", {"you": session.identity.id, "history": list(history)})
+        session.send("chat.welcome", {"you": session.identity.id, "rooms": list(ROOMS), "history": list(history)})
         rt.broadcast("chat.online", {"online": online()})
+
+    @rt.on_subscribe
+    def enter_room(session: Session, channel: str) -> None:
+        # clients may subscribe to the rooms, nothing else (without this hook: to nothing)
+        if not channel.startswith(ROOM_PREFIX) or channel[len(ROOM_PREFIX) :] not in ROOMS:
+            raise Unauthorized(f"{quote(channel)} is not a room of this chat")
 
     @rt.on_disconnect
     def left(session: Session, info: DisconnectInfo) -> None:
@@ -139,16 +190,41 @@ def make_chat(config: Config | None = None) -> Realtime:
 
     @rt.route("chat.send")
     def send(session: Session, msg: Message) -> Any:
-        entry = {"from": session.identity.id, "text": _text(msg.data), "at": _now()}
+        if isinstance(msg.data, dict) and "room" in msg.data:
+            room = _room(msg.data)
+            channel = ROOM_PREFIX + room
+            if channel not in session.channels:
+                raise ChatError("not_in_room", f"enter #{room} before writing to it")
+            entry = _entry(session, _text(msg.data), room=room)
+            room_history[room].append(entry)
+            # every member, the sender included: each of its tabs shows the message once,
+            # in the order everyone else sees it
+            rt.publish(channel, "chat.message", entry)
+            return {"ok": True}
+        entry = _entry(session, _text(msg.data))
         history.append(entry)
         rt.broadcast("chat.message", entry)
         return {"ok": True}
+
+    @rt.route("chat.room")
+    def room_info(session: Session, msg: Message) -> Any:
+        room = _room(msg.data)
+        channel = ROOM_PREFIX + room
+        members = [{"session_id": info.session_id, "name": info.identity_id} for info in rt.channel_members(channel)]
+        members.sort(key=lambda member: (member["name"], member["session_id"]))
+        return {
+            "room": room,
+            "count": rt.channel_count(channel),
+            "members": members,
+            "history": list(room_history[room]),
+        }
 
     @rt.route("chat.direct")
     def direct(session: Session, msg: Message) -> Any:
         to = msg.data.get("to") if isinstance(msg.data, dict) else None
         if not isinstance(to, str) or not to:
             raise ChatError("invalid", "a direct message needs 'to'")
+        # no id: a direct message is never sent twice (no history), so pages need none
         entry = {"from": session.identity.id, "to": to, "text": _text(msg.data), "at": _now()}
         try:
             rt.send_to_identity("", to, "chat.direct", entry)

@@ -6,6 +6,21 @@
  *   rt.on("rt.state", (state, detail) => ...);      // "connecting" | "open" | "closed"
  *   rt.send("chat.send", {text: "hi"});
  *   rt.request("chat.history", {}, {timeout: 5000}).then(reply => ..., err => err.code);
+ *
+ *   const sub = rt.subscribe("room:42", (data, msg) => ...);   // publications of room:42 only
+ *   sub.ready.then(reply => ..., err => err.code);  // reply: {channel, offset, epoch, recovered, missed};
+ *                                                   // a refusal rejects: "unauthorized", "limit", "bad_message"
+ *   sub.on("join", (info) => ...);                  // rt.join / rt.leave of others: {channel, session_id, identity_id}
+ *   sub.on("leave", (info) => ...);
+ *   sub.on("subscribed", (reply) => ...);           // every confirmation, the ones after a reconnect too
+ *   sub.on("error", (err) => ...);                  // a refusal (the subscription ends), or a transient
+ *                                                   // "unavailable" (it is retried)
+ *   sub.state;        // "pending" | "subscribed" (on the current connection) | "unsubscribed"
+ *   sub.active;       // false once unsubscribed, refused or the client closed; sub.reply: the last reply
+ *   sub.position;     // {offset, epoch} of the last publication seen (history), or null
+ *   sub.unsubscribe();                              // a Promise, resolved once the server confirmed
+ *   rt.subscriptions();                             // the live Subscription objects
+ *   rt.subscribe("doc.7", fn, {since: {offset: 17, epoch: "k3f9"}});   // recover from a known position
  *   rt.close();
  *
  * Why it does what it does:
@@ -23,6 +38,21 @@
  * - A request that was already written when the connection dropped is rejected (code
  *   "disconnected"): its reply would have gone to the old connection. A request still in the
  *   queue is sent after the reconnect.
+ * - Subscriptions belong to the client, not to one connection: after every (re)connect the
+ *   client sends rt.subscribe again for every live subscription by itself, before the queued
+ *   messages (a queued message to a channel finds the session in it), passing
+ *   since: {offset, epoch} when it knows the channel's position (the last metadata.offset /
+ *   metadata.epoch of a publication; the reply's offset when the reply names a new epoch).
+ *   subscribe() never queues: it is sent now if the connection is open, else on the next open.
+ *   sub.ready settles on the first answer; it rejects with "unsubscribed" when unsubscribe()
+ *   came first, "closed" when the client closed first.
+ * - An envelope whose metadata names a channel this client subscribed to (for rt.join /
+ *   rt.leave, data.channel) goes to that channel's subscriptions only, not to on(route)
+ *   handlers; one of a channel being unsubscribed is dropped. Envelopes of channels the
+ *   server subscribed the session to (session.subscribe) go to on(route) as usual.
+ * - Several subscriptions of one channel share one server subscription: the last
+ *   unsubscribe() sends rt.unsubscribe. A refused subscription ends (sub.active is false);
+ *   an "unavailable" answer (the server's broker did not answer) is retried with backoff.
  */
 (function (root, factory) {
   if (typeof module === "object" && module.exports) {
@@ -37,6 +67,12 @@
   var ERROR = "rt.error";
   var AUTH = "rt.auth";
   var STATE = "rt.state";
+  var SUBSCRIBE = "rt.subscribe";
+  var UNSUBSCRIBE = "rt.unsubscribe";
+  var JOIN = "rt.join";
+  var LEAVE = "rt.leave";
+  // rt.error codes of rt.subscribe that say "not now" rather than "no": retried
+  var TRANSIENT = {unavailable: true, timeout: true};
 
   var DEFAULTS = {
     token: null,            // string, or a function returning one (called before every connect)
@@ -96,6 +132,7 @@
     this._stableTimer = null;
     this._closedByUser = false;
     this._authenticated = false;
+    this._channels = {};      // channel -> {subs, state, gen, reply, offset, epoch, leaving, retry, retries}
     var self = this;
     this._onOnline = function () { if (self._retryTimer !== null) self._retryNow(); };
     if (root.addEventListener) root.addEventListener("online", this._onOnline);
@@ -117,16 +154,24 @@
     if (i !== -1) list.splice(i, 1);
   };
 
-  Client.prototype._emit = function (route, data, msg) {
-    var list = (this._handlers[route] || []).slice();
+  function emit(handlers, name, a, b) {
+    var list = (handlers[name] || []).slice();
     for (var i = 0; i < list.length; i++) {
       try {
-        list[i](data, msg);
+        list[i](a, b);
       } catch (err) {
         // one broken handler must not stop the others, nor the connection
-        setTimeout(function () { throw err; }, 0);
+        rethrowLater(err);
       }
     }
+  }
+
+  function rethrowLater(err) {
+    setTimeout(function () { throw err; }, 0);
+  }
+
+  Client.prototype._emit = function (route, data, msg) {
+    emit(this._handlers, route, data, msg);
   };
 
   Client.prototype._setState = function (state, detail) {
@@ -259,12 +304,29 @@
     var self = this;
     this._setState("open", {});
     this._stableTimer = setTimeout(function () { self._attempt = 0; }, this.options.stableAfter);
+    // subscriptions first: a queued message to a channel must find the session in it
+    for (var name in this._channels) {
+      var ch = this._channels[name];
+      if (ch.subs.length && ch.state === "idle") this._sendSubscribe(ch);
+    }
     this._flush();
+  };
+
+  Client.prototype._isOpen = function () {
+    return this.state === "open" && this._ws !== null && this._ws.readyState === 1;
   };
 
   Client.prototype._dispatch = function (msg) {
     var meta = msg.metadata || {};
-    if (msg.route === REPLY || msg.route === ERROR) {
+    if (msg.route !== REPLY && msg.route !== ERROR) {
+      var channel = meta.channel;
+      if (channel === undefined && (msg.route === JOIN || msg.route === LEAVE) && msg.data) channel = msg.data.channel;
+      var ch = typeof channel === "string" ? this._channels[channel] : undefined;
+      if (ch !== undefined) {
+        if (ch.subs.length) this._deliver(ch, msg, meta);
+        return;  // a channel being unsubscribed: its last publications are dropped
+      }
+    } else {
       var id = meta.in_reply_to;
       var error = null;
       if (msg.route === ERROR) {
@@ -274,6 +336,252 @@
       if (id !== undefined && id !== "" && this._settle(id, error, msg.data)) return;
     }
     this._emit(msg.route, msg.data, msg);
+  };
+
+  // ------------------------------------------------------------------ channels
+
+  /**
+   * Subscribe to a channel: handler(data, msg) gets its publications. Returns a Subscription;
+   * options: {since: {offset, epoch}} to recover from a known position (history, SPEC 14).
+   */
+  Client.prototype.subscribe = function (channel, handler, opts) {
+    if (typeof channel !== "string") throw new TypeError("subscribe(channel, ...): channel must be a string");
+    var sub = new Subscription(this, channel);
+    if (typeof handler === "function") sub.on("publication", handler);
+    if (this._closedByUser) {
+      sub._end(rtError("closed", "the client is closed"));
+      return sub;
+    }
+    var ch = this._channels[channel];
+    if (ch === undefined) {
+      ch = this._channels[channel] = {
+        name: channel, subs: [], state: "idle", gen: 0, reply: null,
+        offset: null, epoch: null, leaving: 0, retry: null, retries: 0
+      };
+    }
+    var since = opts && opts.since;
+    if (since && since.offset !== undefined && since.offset !== null && typeof since.epoch === "string") {
+      ch.offset = Number(since.offset);
+      ch.epoch = since.epoch;
+    }
+    ch.subs.push(sub);
+    if (ch.state === "subscribed") {
+      var reply = ch.reply;
+      Promise.resolve().then(function () { if (sub.active) sub._confirmed(reply); });
+    } else if (ch.state === "idle" && ch.retry === null && this._isOpen()) {
+      this._sendSubscribe(ch);
+    }
+    // "pending": the answer on its way settles this one too; not open: sent on the next open
+    return sub;
+  };
+
+  /** The live subscriptions (not unsubscribed, not refused). */
+  Client.prototype.subscriptions = function () {
+    var all = [];
+    for (var name in this._channels) all = all.concat(this._channels[name].subs);
+    return all;
+  };
+
+  Client.prototype._sendSubscribe = function (ch) {
+    var self = this;
+    var gen = ++ch.gen;
+    var id = "s" + this._nextId++;
+    var data = {channel: ch.name};
+    if (ch.offset !== null && ch.epoch) data.since = {offset: ch.offset, epoch: ch.epoch};
+    ch.state = "pending";
+    this._pending[id] = {
+      resolve: function (reply) { if (ch.gen === gen) self._subscribed(ch, reply); },
+      reject: function (err) { if (ch.gen === gen) self._subscribeFailed(ch, err); },
+      timer: null,
+      sent: true
+    };
+    this._ws.send(JSON.stringify({id: id, route: SUBSCRIBE, data: data}));
+  };
+
+  Client.prototype._subscribed = function (ch, reply) {
+    ch.state = "subscribed";
+    ch.reply = reply;
+    ch.retries = 0;
+    // Without history the epoch is "": nothing to recover from. A new epoch (the stream was
+    // reset) replaces what the client knew; in the same epoch the publications set the offset.
+    if (reply && typeof reply.epoch === "string" && reply.epoch && reply.epoch !== ch.epoch) {
+      ch.epoch = reply.epoch;
+      ch.offset = Number(reply.offset) || 0;
+    }
+    var subs = ch.subs.slice();
+    for (var i = 0; i < subs.length; i++) subs[i]._confirmed(reply);
+  };
+
+  Client.prototype._subscribeFailed = function (ch, err) {
+    ch.state = "idle";
+    if (err.code === "disconnected") return;  // sent again on the next open
+    var subs = ch.subs.slice();
+    var i;
+    if (TRANSIENT[err.code] === true && !this._closedByUser) {
+      var self = this;
+      var o = this.options;
+      var delay = Math.min(o.maxDelay, o.initialDelay * Math.pow(o.factor, ch.retries++));
+      ch.retry = setTimeout(function () {
+        ch.retry = null;
+        if (ch.subs.length && ch.state === "idle" && self._isOpen()) self._sendSubscribe(ch);
+      }, Math.round(delay * (1 - o.jitter * Math.random())));
+      for (i = 0; i < subs.length; i++) emit(subs[i]._handlers, "error", err);
+      return;
+    }
+    // refused (or the client closed): every subscription of the channel ends
+    ch.subs = [];
+    this._forget(ch);
+    for (i = 0; i < subs.length; i++) subs[i]._end(err);
+  };
+
+  Client.prototype._unsubscribe = function (sub) {
+    var ch = this._channels[sub.channel];
+    var i = ch ? ch.subs.indexOf(sub) : -1;
+    if (i === -1) return Promise.resolve();
+    ch.subs.splice(i, 1);
+    if (ch.subs.length) return Promise.resolve();
+    var wasOn = ch.state !== "idle";
+    ch.state = "idle";
+    ch.gen++;  // an answer still on its way to the rt.subscribe is stale now
+    ch.offset = ch.epoch = ch.reply = null;
+    if (ch.retry !== null) {
+      clearTimeout(ch.retry);
+      ch.retry = null;
+    }
+    if (!wasOn || !this._isOpen()) {
+      this._forget(ch);
+      return Promise.resolve();  // nothing on the server to undo (a closed connection took it along)
+    }
+    ch.leaving++;
+    var self = this;
+    var done = function () {
+      ch.leaving--;
+      self._forget(ch);
+    };
+    return this.request(UNSUBSCRIBE, {channel: ch.name}, {timeout: 0}).then(
+      function (reply) { done(); return reply; },
+      function () { done(); }  // the connection dropped: so did the server's subscription
+    );
+  };
+
+  Client.prototype._forget = function (ch) {
+    if (!ch.subs.length && ch.leaving <= 0 && this._channels[ch.name] === ch) delete this._channels[ch.name];
+  };
+
+  Client.prototype._deliver = function (ch, msg, meta) {
+    var event = "publication";
+    if (msg.route === JOIN) {
+      event = "join";
+    } else if (msg.route === LEAVE) {
+      event = "leave";
+    } else if (meta.offset !== undefined && meta.offset !== null && meta.offset !== "") {
+      ch.offset = Number(meta.offset);
+      if (meta.epoch) ch.epoch = String(meta.epoch);
+    }
+    var subs = ch.subs.slice();
+    for (var i = 0; i < subs.length; i++) emit(subs[i]._handlers, event, msg.data, msg);
+  };
+
+  /** The connection is gone: so is every server-side subscription; they are sent again on open. */
+  Client.prototype._dropChannels = function () {
+    for (var name in this._channels) {
+      var ch = this._channels[name];
+      ch.state = "idle";
+      ch.gen++;  // an rt.unsubscribe in flight settles ("disconnected") and forgets the channel
+      if (ch.retry !== null) {
+        clearTimeout(ch.retry);
+        ch.retry = null;
+      }
+      this._forget(ch);
+    }
+  };
+
+  /** The client is done for good: every subscription ends with ``err``. */
+  Client.prototype._endChannels = function (err) {
+    var channels = this._channels;
+    this._channels = {};
+    for (var name in channels) {
+      var ch = channels[name];
+      if (ch.retry !== null) clearTimeout(ch.retry);
+      for (var i = 0; i < ch.subs.length; i++) ch.subs[i]._end(err);
+    }
+  };
+
+  /**
+   * One subscription of a channel (Client.subscribe makes them). Events, with sub.on(name, fn):
+   * "publication" (data, msg), "join" / "leave" (info, msg), "subscribed" (reply), "error" (err).
+   */
+  function Subscription(client, channel) {
+    var self = this;
+    this.client = client;
+    this.channel = channel;
+    this.active = true;      // false once unsubscribed, refused, or the client closed
+    this.reply = null;       // the server's last answer to rt.subscribe
+    this._handlers = {};
+    this._settled = false;
+    this.ready = new Promise(function (resolve, reject) {
+      self._resolve = resolve;
+      self._reject = reject;
+    });
+  }
+
+  Subscription.prototype.on = function (event, fn) {
+    (this._handlers[event] = this._handlers[event] || []).push(fn);
+    var self = this;
+    return function () { self.off(event, fn); };
+  };
+
+  Subscription.prototype.off = function (event, fn) {
+    var list = this._handlers[event];
+    if (!list) return;
+    var i = list.indexOf(fn);
+    if (i !== -1) list.splice(i, 1);
+  };
+
+  /** "pending" (being sent or answered), "subscribed" (on the current connection), or "unsubscribed". */
+  Object.defineProperty(Subscription.prototype, "state", {
+    get: function () {
+      if (!this.active) return "unsubscribed";
+      var ch = this.client._channels[this.channel];
+      return ch && ch.state === "subscribed" ? "subscribed" : "pending";
+    }
+  });
+
+  /** {offset, epoch} of the last publication seen (history), or null. */
+  Object.defineProperty(Subscription.prototype, "position", {
+    get: function () {
+      var ch = this.client._channels[this.channel];
+      return ch && ch.offset !== null && ch.epoch ? {offset: ch.offset, epoch: ch.epoch} : null;
+    }
+  });
+
+  /** Stop receiving this channel; a Promise resolved once the server confirmed (at once if offline). */
+  Subscription.prototype.unsubscribe = function () {
+    if (!this.active) return Promise.resolve();
+    this.active = false;
+    if (!this._settled) {
+      this._settled = true;
+      this._reject(rtError("unsubscribed", "unsubscribed before the server answered"));
+    }
+    return this.client._unsubscribe(this);
+  };
+
+  Subscription.prototype._confirmed = function (reply) {
+    this.reply = reply;
+    if (!this._settled) {
+      this._settled = true;
+      this._resolve(reply);
+    }
+    emit(this._handlers, "subscribed", reply);
+  };
+
+  Subscription.prototype._end = function (err) {
+    this.active = false;
+    if (!this._settled) {
+      this._settled = true;
+      this._reject(err);
+    }
+    if (err.code !== "closed") emit(this._handlers, "error", err);  // a refusal, not the client's own close
   };
 
   Client.prototype._rejectSent = function (code, text) {
@@ -295,6 +603,7 @@
       this._stableTimer = null;
     }
     this._rejectSent("disconnected", "the connection closed before the reply arrived");
+    this._dropChannels();
     var again = this.options.reconnect && !this._closedByUser && detail.code !== 4001;
     if (again) detail.retryIn = this._delay();
     detail.willReconnect = again;
@@ -314,6 +623,7 @@
 
   Client.prototype._giveUp = function (code, text) {
     for (var id in this._pending) this._settle(id, rtError(code, text));
+    this._endChannels(rtError(code, text));
     this._queue = [];
     if (root.removeEventListener) root.removeEventListener("online", this._onOnline);
   };
@@ -335,6 +645,7 @@
   return {
     version: "0.1.0",
     Client: Client,
+    Subscription: Subscription,
     connect: function (url, options) { return new Client(url, options); }
   };
 });
