@@ -36,6 +36,7 @@ setup(
             "flask-socketio>=5.3",
             "playwright>=1.40",
             "prometheus-client>=0.20",
+            "sphinx>=7.2,<7.4",  # 7.3 is the last Sphinx that keeps docutils 0.19, which other tools pin
         ],
     },
     entry_points={"console_scripts": ["rtgevent=rtgevent.cli:main"]},
