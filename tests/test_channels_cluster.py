@@ -2,12 +2,13 @@
 
 Subscribers on two nodes get every publication exactly once and in publish order, from any
 node and from an Emitter; the third node, with no subscriber, receives nothing of the
-channel (counted at the node, and at Redis with ``PUBSUB NUMSUB``); ``exclude`` skips
+channel (counted at the node, and at the broker: Redis ``PUBSUB NUMSUB``, RabbitMQ's bindings); ``exclude`` skips
 exactly the excluded session; the last subscriber to leave unsubscribes the node.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import uuid
@@ -22,6 +23,18 @@ from tests.procs import ROOT, ServeProcess
 from tests.waiting import wait_until
 
 CHANNEL_BROKERS = BROKERS
+
+
+def _rabbit_bindings(exchange: str, routing_key: str) -> int:
+    """How many queues RabbitMQ binds to ``exchange`` with ``routing_key`` (rabbitmqctl on this host)."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_bindings", "-q", "source_name", "destination_name", "routing_key"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return sum(1 for line in listing.splitlines() if line.split("\t")[::2] == [exchange, routing_key])
 
 
 def _channel_payloads(node: ServeProcess) -> int:
@@ -81,6 +94,11 @@ def test_channel_reaches_its_subscribers_once_in_order_and_only_their_nodes(clus
         on_b.unsubscribe(room)
         wait_until(lambda: client.pubsub_numsub(topic) == [(topic.encode(), 1)], "node b to unsubscribe the channel")
         client.close()
+    elif kind == "kombu-amqp" and shutil.which("rabbitmqctl"):
+        exchange = f"{namespace}.direct"
+        assert _rabbit_bindings(exchange, channel_topic(room)) == 2  # one binding per node, not per session
+        on_b.unsubscribe(room)
+        wait_until(lambda: _rabbit_bindings(exchange, channel_topic(room)) == 1, "node b to unbind the channel")
     else:
         on_b.unsubscribe(room)
         wait_until(lambda: b.control("subscribed") == [], "node b to unsubscribe the channel")
