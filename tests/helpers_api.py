@@ -18,7 +18,7 @@ import gevent
 import websocket
 from gevent.pywsgi import WSGIServer
 
-from rtgevent import Identity, Message, Realtime
+from rtgevent import Identity, Message, Realtime, Session
 from rtgevent.testing import TestClient
 from tests import rawws
 from tests.waiting import WAIT
@@ -253,3 +253,17 @@ def assert_still_open(driver: Driver, route: str = "echo") -> None:
     assert reply.route == "rt.reply", reply
     assert reply.data == {"still": "open"}
     assert driver.connected
+
+
+ErrorLog = list[tuple[BaseException, "Session | None"]]
+
+
+def record_errors(rt: Realtime) -> ErrorLog:
+    """Every (error, session) the application's on_error hook receives, in order."""
+    errors: ErrorLog = []
+
+    @rt.on_error
+    def on_error(error: BaseException, session: Session | None) -> None:
+        errors.append((error, session))
+
+    return errors

@@ -35,6 +35,7 @@ from rtgevent.errors import BadMessage
 from tests.helpers_api import (
     WAIT,
     Connect,
+    ErrorLog,
     LiveFactory,
     SocketDriver,
     add_echo,
@@ -43,10 +44,9 @@ from tests.helpers_api import (
     drivers,
     envelope,
     in_reply_to,
+    record_errors,
     serving,
 )
-
-ErrorLog = list[tuple[BaseException, "Session | None"]]
 
 
 @pytest.fixture(params=["socket", "test_client"])
@@ -57,16 +57,6 @@ def connect(request: pytest.FixtureRequest) -> Iterator[Connect]:
 @pytest.fixture
 def live() -> Iterator[LiveFactory]:
     yield from serving()
-
-
-def record_errors(rt: Realtime) -> ErrorLog:
-    errors: ErrorLog = []
-
-    @rt.on_error
-    def on_error(error: BaseException, session: Session | None) -> None:
-        errors.append((error, session))
-
-    return errors
 
 
 def routed_app() -> Realtime:

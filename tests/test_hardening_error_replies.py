@@ -20,25 +20,13 @@ from rtgevent.broker.redis import RedisBroker
 from rtgevent.errors import BrokerUnavailable, UnknownRoute
 from rtgevent.presence import MemoryPresence
 from rtgevent.presence.redis import RedisPresence
-from tests.helpers_api import Live, LiveFactory, serving
+from tests.helpers_api import ErrorLog, Live, LiveFactory, record_errors, serving
 from tests.services import RedisServer, free_port
-
-ErrorLog = list[tuple[BaseException, "Session | None"]]
 
 
 @pytest.fixture
 def live() -> Iterator[LiveFactory]:
     yield from serving()
-
-
-def record_errors(rt: Realtime) -> ErrorLog:
-    errors: ErrorLog = []
-
-    @rt.on_error
-    def on_error(error: BaseException, session: Session | None) -> None:
-        errors.append((error, session))
-
-    return errors
 
 
 def answer(ws: websocket.WebSocket) -> tuple[dict[str, Any], int]:

@@ -350,6 +350,29 @@ def _dt_out(value: datetime.datetime) -> str:
     return text
 
 
+def _infos(flat: list[Any], decode: Callable[[list[str]], tuple[str, ...]]) -> list[SessionInfo]:
+    """The `SessionInfo` of each (session id, value, lease deadline) triple of the lookup script, oldest first.
+
+    ``decode`` turns a stored value into (node, tenant, identity, address, connected at).
+    """
+    found: list[SessionInfo] = []
+    for i in range(0, len(flat), 3):
+        node_id, tenant_id, identity_id, remote_addr, connected_at = decode(json.loads(flat[i + 1]))
+        found.append(
+            SessionInfo(
+                session_id=_text(flat[i]),
+                identity_id=identity_id,
+                tenant_id=tenant_id,
+                node_id=node_id,
+                remote_addr=remote_addr,
+                connected_at=datetime.datetime.fromisoformat(connected_at),
+                expires_at=datetime.datetime.fromtimestamp(float(flat[i + 2]), datetime.UTC),
+            )
+        )
+    found.sort(key=lambda s: (s.connected_at, s.session_id))
+    return found
+
+
 class RedisPresence:
     """Who is online on which node, in one Redis shared by every node (see the module docstring).
 
@@ -533,22 +556,12 @@ class RedisPresence:
         """Live sessions of one identity, oldest first; one EVALSHA.  ``expires_at`` is the node's lease."""
         keys = [self._ident_key(tenant_id, identity_id), self._leases_key]
         flat = self._run("lookup", lambda: self._lookup(keys=keys, args=["0"]))
-        found: list[SessionInfo] = []
-        for i in range(0, len(flat), 3):
-            node_id, remote_addr, connected_at = json.loads(flat[i + 1])
-            found.append(
-                SessionInfo(
-                    session_id=_text(flat[i]),
-                    identity_id=identity_id,
-                    tenant_id=tenant_id,
-                    node_id=node_id,
-                    remote_addr=remote_addr,
-                    connected_at=datetime.datetime.fromisoformat(connected_at),
-                    expires_at=datetime.datetime.fromtimestamp(float(flat[i + 2]), datetime.UTC),
-                )
-            )
-        found.sort(key=lambda s: (s.connected_at, s.session_id))
-        return found
+
+        def decode(value: list[str]) -> tuple[str, str, str, str, str]:
+            node_id, remote_addr, connected_at = value
+            return node_id, tenant_id, identity_id, remote_addr, connected_at
+
+        return _infos(flat, decode)
 
     def is_online(self, tenant_id: str, identity_id: str) -> bool:
         """Whether the identity has a session on a live node; one EVALSHA that stops at the first."""
@@ -591,22 +604,7 @@ class RedisPresence:
         """The channel's members on live nodes, oldest first; one EVALSHA.  ``expires_at`` is the node's lease."""
         keys = [self._chan_prefix + check_channel(channel), self._leases_key]
         flat = self._run("channel_members", lambda: self._lookup(keys=keys, args=["0"]))
-        found: list[SessionInfo] = []
-        for i in range(0, len(flat), 3):
-            node_id, tenant_id, identity_id, remote_addr, connected_at = json.loads(flat[i + 1])
-            found.append(
-                SessionInfo(
-                    session_id=_text(flat[i]),
-                    identity_id=identity_id,
-                    tenant_id=tenant_id,
-                    node_id=node_id,
-                    remote_addr=remote_addr,
-                    connected_at=datetime.datetime.fromisoformat(connected_at),
-                    expires_at=datetime.datetime.fromtimestamp(float(flat[i + 2]), datetime.UTC),
-                )
-            )
-        found.sort(key=lambda s: (s.connected_at, s.session_id))
-        return found
+        return _infos(flat, tuple)  # a member value spells node, tenant, identity, address, time
 
     def channel_count(self, channel: str) -> int:
         """How many members the channel has on live nodes; one EVALSHA reading one field per node."""
