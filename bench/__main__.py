@@ -1,4 +1,5 @@
-"""``python -m bench [idle] [echo] [fanout] [slow] [cluster] [emitter] [--quick] [--runs N] [--json PATH]``: the table.
+"""``python -m bench [idle] [echo] [fanout] [slow] [cluster] [emitter] [channels] [churn] [--quick] [--runs N]
+[--json PATH]``: the table.
 
 For every measurement a fresh server process (``taskset -c 0``) and a fresh load generator
 (``taskset -c 1``) are started, driven phase by phase over the load generator's stdin and
@@ -6,7 +7,8 @@ stdout, and both are stopped by PID in a ``finally`` block.  Within one run the 
 test are measured back to back (rtgevent, then Flask-SocketIO) so they share the same
 conditions; each figure in the table is the median over ``--runs`` runs.  The ``fanout`` and
 ``slow`` scenarios live in `bench.fanout`; ``cluster`` and ``emitter`` (`bench.cluster`) measure
-rtgevent alone, once per broker.
+rtgevent alone, once per broker; ``channels`` (against Flask-SocketIO's rooms over a Redis message
+queue) and ``churn`` (rtgevent alone, per broker) live in `bench.channels`.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import channels as ch
 from bench import cluster as cl
 from bench import fanout as fo
 from bench.common import LOADGEN_CPU, ROOT, SERVER_CPU, BenchError, Measurement, fmt, median, wait_connections
 from bench.proc import raise_nofile
 
-SCENARIOS = ("idle", "echo", "fanout", "slow", "cluster", "emitter")
-#: what runs when no scenario is named (cluster and emitter need Redis and RabbitMQ)
+SCENARIOS = ("idle", "echo", "fanout", "slow", "cluster", "emitter", "channels", "churn")
+#: what runs when no scenario is named (cluster, emitter, channels and churn need Redis and RabbitMQ)
 DEFAULT_SCENARIOS = ("idle", "echo", "fanout", "slow")
 LABELS = {"rtgevent-bare": "rtgevent bare", "rtgevent-full": "rtgevent full", "socketio": "Flask-SocketIO"}
 KIB = 1024
@@ -336,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios",
         nargs="*",
         metavar="scenario",
-        help=f"any of {', '.join(SCENARIOS)} (default: {' '.join(DEFAULT_SCENARIOS)}; cluster and emitter "
-        f"need Redis on 127.0.0.1:6379 and RabbitMQ on 127.0.0.1:5672)",
+        help=f"any of {', '.join(SCENARIOS)} (default: {' '.join(DEFAULT_SCENARIOS)}; cluster, emitter, "
+        f"channels and churn need Redis on 127.0.0.1:6379 and RabbitMQ on 127.0.0.1:5672)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer connections and messages")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (median shown)")
@@ -353,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the benchmark reads /proc and uses taskset: Linux only")
     plan = QUICK if args.quick else FULL
     cplan = cl.CLUSTER_QUICK if args.quick else cl.CLUSTER_FULL
+    chplan = ch.CHANNELS_QUICK if args.quick else ch.CHANNELS_FULL
+    chuplan = ch.CHURN_QUICK if args.quick else ch.CHURN_FULL
     bplans = {
         "fanout": fo.FANOUT_QUICK if args.quick else fo.FANOUT_FULL,
         "slow": fo.SLOW_QUICK if args.quick else fo.SLOW_FULL,
@@ -364,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     echo: list[dict[str, Any]] = []
     multi: dict[str, list[dict[str, Any]]] = {"cluster": [], "emitter": []}
     broadcasts: dict[str, list[dict[str, Any]]] = {"fanout": [], "slow": []}
+    rooms: dict[str, list[dict[str, Any]]] = {"channels": [], "churn": []}
     failures: list[str] = []
     started = time.monotonic()
 
@@ -436,6 +442,28 @@ def main(argv: list[str] | None = None) -> int:
                     f"sender {r['burst_sender_cpu_us_per_msg']:4.0f} µs/msg  "
                     f"receiver {r['burst_receiver_cpu_us_per_msg']:4.0f} µs/msg"
                 )
+        if "channels" in scenarios:
+            for kind in ch.KINDS:
+                try:
+                    r = ch.measure_channels(kind, chplan)
+                except (BenchError, OSError, ValueError, KeyError) as exc:
+                    failures.append(f"run {run} channels {kind}: {type(exc).__name__}: {exc}")
+                    progress(failures[-1])
+                    continue
+                r["run"] = run
+                rooms["channels"].append(r)
+                progress(f"run {run} {ch.channels_progress(r)}")
+        if "churn" in scenarios:
+            for broker in ch.CHURN_BROKERS:
+                try:
+                    r = ch.measure_churn(broker, chuplan)
+                except (BenchError, OSError, ValueError, KeyError) as exc:
+                    failures.append(f"run {run} churn {broker}: {type(exc).__name__}: {exc}")
+                    progress(failures[-1])
+                    continue
+                r["run"] = run
+                rooms["churn"].append(r)
+                progress(f"run {run} {ch.churn_progress(r)}")
 
     after = source_state()
     if after != source:
@@ -443,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     conds = conditions(args.runs, args.quick, source)
     if multi["cluster"] or multi["emitter"]:
         conds.append(cl.conditions(cplan))
+    if rooms["channels"] or rooms["churn"]:
+        conds.append(ch.conditions(chplan if rooms["channels"] else None, chuplan if rooms["churn"] else None))
+        if not (multi["cluster"] or multi["emitter"]):
+            conds.append(cl.service_versions())
     out: list[str] = ["", *(f"- {line}" for line in conds), ""]
     if idle:
         out += ["Idle connections (rtgevent: plain WebSocket upgrade; Flask-SocketIO: EIO4 + SIO5 handshake)", ""]
@@ -463,12 +495,31 @@ def main(argv: list[str] | None = None) -> int:
     if multi["emitter"]:
         out += [cl.heading("emitter", cplan), ""]
         out += [*cl.table("emitter", multi["emitter"], cplan), "", cl.NO_COUNTERPART, ""]
-    multi_any = bool(multi["cluster"] or multi["emitter"])
-    everything = [*idle, *echo, *broadcasts["fanout"], *broadcasts["slow"], *multi["cluster"], *multi["emitter"]]
+    if rooms["channels"]:
+        out += [ch.channels_heading(chplan), ""]
+        out += [*ch.channels_table(rooms["channels"]), ""]
+        out += [*ch.channels_targets(rooms["channels"]), ""]
+    if rooms["churn"]:
+        out += [ch.churn_heading(chuplan), ""]
+        out += [*ch.churn_table(rooms["churn"], chuplan), ""]
+        out += [*ch.churn_targets(rooms["churn"]), ""]
+    multi_any = bool(multi["cluster"] or multi["emitter"] or rooms["channels"] or rooms["churn"])
+    everything = [
+        *idle,
+        *echo,
+        *broadcasts["fanout"],
+        *broadcasts["slow"],
+        *multi["cluster"],
+        *multi["emitter"],
+        *rooms["channels"],
+        *rooms["churn"],
+    ]
     if everything:
         other = [r["other_cpus"] for r in everything]
         steal = [r["steal_cpus"] for r in everything]
-        services = "; cluster and emitter: not counting the Redis and RabbitMQ servers" if multi_any else ""
+        services = (
+            "; cluster, emitter, channels and churn: not counting the Redis and RabbitMQ servers" if multi_any else ""
+        )
         out.append(
             f"Other CPU use during the measured phases (other processes, kernel softirq{services}), in CPUs: median "
             f"{fmt(median(other))}, max {fmt(max(other))}; hypervisor steal: median {fmt(median(steal))}, "
@@ -478,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         anomalies(idle, echo)
         + fo.anomalies([*broadcasts["fanout"], *broadcasts["slow"]], bplans)
         + cl.anomalies([*multi["cluster"], *multi["emitter"]])
+        + ch.anomalies(rooms["channels"], rooms["churn"], chuplan)
         + failures
     )
     out += ["Checks: " + ("none failed" if not notes else f"{len(notes)} problem(s)"), *(f"- {n}" for n in notes)]
@@ -486,7 +538,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(
             json.dumps(
-                {"conditions": conds, "idle": idle, "echo": echo, **broadcasts, **multi, "failures": failures},
+                {
+                    "conditions": conds,
+                    "idle": idle,
+                    "echo": echo,
+                    **broadcasts,
+                    **multi,
+                    **rooms,
+                    "failures": failures,
+                },
                 indent=1,
             )
         )

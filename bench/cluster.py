@@ -34,7 +34,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.common import LOADGEN_CPU, ROOT, SERVER_CPU, BenchError, LineReader, child_env, fmt, median, stop
+from bench.common import (
+    LOADGEN_CPU,
+    ROOT,
+    SERVER_CPU,
+    BenchError,
+    LineReader,
+    child_env,
+    fmt,
+    median,
+    read_log,
+    stop,
+)
 from bench.proc import cpu_seconds, system_cpu
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -109,8 +120,7 @@ class Child:
 
     def problems(self) -> list[str]:
         """What it wrote on stderr, except access-log lines: empty when all went well."""
-        self.log.seek(0)
-        text = self.log.read().decode(errors="replace")
+        text = read_log(self.log)
         return [line for line in text.splitlines() if line.strip() and not _ACCESS_LOG.match(line)]
 
     def close(self) -> None:
@@ -121,12 +131,12 @@ class Child:
 
 
 class Node(Child):
-    """A gateway node: ``rtgevent serve bench.cluster_node:make_node()`` on 127.0.0.1, any free port."""
+    """A gateway node: ``rtgevent serve APP`` (default `bench.cluster_node`'s) on 127.0.0.1, any free port."""
 
-    def __init__(self, name: str, spec: dict[str, str]) -> None:
+    def __init__(self, name: str, spec: dict[str, Any], app: str = "bench.cluster_node:make_node()") -> None:
         super().__init__(
             name,
-            ["-m", "rtgevent", "serve", "bench.cluster_node:make_node()", "--bind", "127.0.0.1:0"],
+            ["-m", "rtgevent", "serve", app, "--bind", "127.0.0.1:0"],
             SERVER_CPU,
             {"RTG_BENCH_NODE": json.dumps(spec)},
         )
@@ -150,14 +160,14 @@ class Node(Child):
         return value
 
 
-def service_pids() -> list[int]:
+def service_pids(commands: Sequence[str] = SERVICE_COMMANDS) -> list[int]:
     """PIDs of the local Redis and RabbitMQ servers (read from /proc; nothing is signalled)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/comm", encoding="ascii", errors="replace") as comm:
-                    if comm.read().strip() in SERVICE_COMMANDS:
+                    if comm.read().strip() in commands:
                         pids.append(int(entry))
             except OSError:
                 continue
@@ -167,9 +177,9 @@ def service_pids() -> list[int]:
 class Meter:
     """CPU seconds of our processes, of the broker servers and of the whole machine, between two marks."""
 
-    def __init__(self, procs: dict[str, Child]) -> None:
+    def __init__(self, procs: dict[str, Child], services: Sequence[str] = SERVICE_COMMANDS) -> None:
         self.procs = procs
-        self.services = service_pids()
+        self.services = service_pids(services)
 
     def mark(self) -> dict[str, float]:
         values = {name: child.cpu() for name, child in self.procs.items()}

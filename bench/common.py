@@ -90,6 +90,17 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def read_log(log: Any) -> str:
+    """Everything a child has written so far to ``log``, the temporary file that is its stderr.
+
+    Read with ``pread``: the child shares the file's offset, so a ``seek`` here would make its
+    next lines overwrite the start of the file while it is still running.
+    """
+    fd = log.fileno()
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0).decode(errors="replace")
+
+
 def median(values: Sequence[float]) -> float:
     finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return statistics.median(finite) if finite else float("nan")
@@ -208,9 +219,7 @@ class Measurement:
 
     def log_lines(self) -> list[str]:
         """What the server wrote on stderr (tracebacks, warnings): empty when all went well."""
-        self.server_log.seek(0)
-        text = self.server_log.read().decode(errors="replace")
-        return [line for line in text.splitlines() if line.strip()]
+        return [line for line in read_log(self.server_log).splitlines() if line.strip()]
 
 
 def wait_connections(m: Measurement, want: int, timeout: float) -> int:
