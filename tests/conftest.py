@@ -17,6 +17,7 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import urllib.request  # noqa: E402
+import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -27,7 +28,7 @@ from gevent.pywsgi import WSGIServer  # noqa: E402
 from geventwebsocket.handler import WebSocketHandler  # noqa: E402
 
 from tests.app import make_app  # noqa: E402
-from tests.services import LiveServices  # noqa: E402
+from tests.services import REDIS_URL, LiveServices  # noqa: E402
 from tests.waiting import WAIT, wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,3 +215,18 @@ def serve_realtime() -> Iterator[Callable[[Any], Server]]:
 
 
 from tests.clusterkit import cluster  # noqa: E402, F401  (the many-node fixture, shared by several modules)
+
+
+@pytest.fixture
+def namespace(live: LiveServices) -> Iterator[str]:
+    """A namespace of the test's own on the machine's Redis; its keys are deleted afterwards."""
+    import redis
+
+    live.require(REDIS_URL)
+    name = f"rtgtest-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    keys = list(client.scan_iter(match=f"*{name}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

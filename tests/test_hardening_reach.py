@@ -9,12 +9,10 @@ the Emitter test uses the machine's Redis as broker and presence.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 import websocket
 
 from rtgevent import (
@@ -32,7 +30,7 @@ from rtgevent import (
 from rtgevent.broker.redis import RedisBroker
 from rtgevent.presence.redis import RedisPresence
 from tests.conftest import Server
-from tests.services import REDIS_URL, LiveServices
+from tests.services import REDIS_URL
 from tests.waiting import WAIT
 
 
@@ -98,18 +96,6 @@ def test_realtime_send_returns_its_reach(serve_realtime: Callable[[Any], Server]
         node_a.send_to_identity("acme", "carol", "dm", "nobody")
     for ws in clients:
         ws.close()
-
-
-@pytest.fixture
-def namespace(live: LiveServices) -> Iterator[str]:
-    live.require(REDIS_URL)
-    name = f"rtgtest-{uuid.uuid4().hex[:10]}"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    keys = list(client.scan_iter(match=f"{name}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def test_emitter_and_realtime_return_the_same_reach(serve_realtime: Callable[[Any], Server], namespace: str) -> None:

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import gevent
 import pytest
-import redis
 import websocket
 from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
@@ -43,7 +41,7 @@ from rtgevent.presence import Presence, presence_from_url
 from rtgevent.presence.redis import RedisPresence
 from rtgevent.types import SessionInfo, utcnow
 from tests.app import with_control
-from tests.services import REDIS_URL, LiveServices
+from tests.services import REDIS_URL
 from tests.waiting import WAIT, wait_until
 
 ROUNDS = 30
@@ -117,19 +115,6 @@ class InProcess:
     def stop(self) -> None:
         self.rt.shutdown(timeout=5)
         self.server.stop(timeout=5)
-
-
-@pytest.fixture
-def namespace(live: LiveServices) -> Iterator[str]:
-    """A namespace of the test's own on the machine's Redis; its keys are deleted afterwards."""
-    live.require(REDIS_URL)
-    name = f"rtgtest-{uuid.uuid4().hex[:10]}"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    keys = list(client.scan_iter(match=f"*{name}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture
