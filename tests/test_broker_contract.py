@@ -256,6 +256,29 @@ def test_subscription_close_stops_delivery(node: Callable[..., Broker]) -> None:
     assert again.wait_for(1) == [payload(4)]
 
 
+def test_redis_subscriptions_do_not_wait_out_the_poll(namespace: str, brokers: list[Broker]) -> None:
+    """A new subscription (or its end) reaches Redis at once, not after the consumer's poll.
+
+    The poll is 60 s here: a consumer that noticed a new topic only when its wait for
+    messages ended would make each subscribe below wait a minute (and log that it did).
+    """
+    broker = make_broker("redis", namespace, poll_interval=60.0, health_check_interval=120.0, subscribe_timeout=60.0)
+    brokers.append(broker)
+    client = redis.Redis.from_url(REDIS_URL)
+    inbox, subscriptions = Inbox(), []
+    with gevent.Timeout(WAIT, AssertionError("subscribing waited for the consumer's poll")):
+        for n in range(5):
+            subscriptions.append(broker.subscribe(node_topic(f"quick{n}"), inbox))
+            broker.publish(node_topic(f"quick{n}"), payload(n))  # raises if nobody subscribes yet
+        assert inbox.wait_for(5) == [payload(n) for n in range(5)]
+        for subscription in subscriptions:
+            subscription.close()
+        channels = [f"{namespace}.{node_topic(f'quick{n}')}" for n in range(5)]
+        while any(count for _, count in client.pubsub_numsub(*channels)):
+            gevent.sleep(0.01)  # polling Redis, bounded by the timeout above
+    client.close()
+
+
 def test_close_is_idempotent(node: Callable[..., Broker]) -> None:
     """close() twice is fine, and so is closing a subscription after its broker."""
     broker = node()

@@ -215,6 +215,7 @@ class ConsumerBroker(abc.ABC):
                 self._waiters.append((topic, waiter))
         subscription = ConsumerSubscription(self, topic, handler)
         self._ensure_consumer()
+        self._wake()
         if gevent.getcurrent() is self._consumer:
             return subscription  # from a handler: the consumer binds it when the handler returns
         if not waiter.wait(timeout=self._subscribe_timeout):
@@ -239,6 +240,7 @@ class ConsumerBroker(abc.ABC):
                 del table[topic]
                 self._dirty = True
             self._handlers = table
+        self._wake()
 
     def _ensure_consumer(self) -> None:
         import gevent
@@ -247,6 +249,13 @@ class ConsumerBroker(abc.ABC):
         if self._consumer is None and not self._closed:
             self._stop = gevent.event.Event()
             self._consumer = gevent.spawn(self._consume_forever)
+
+    def _wake(self) -> None:  # noqa: B027 (a hook: doing nothing is the right default)
+        """The handler table changed: a consumer that waits for messages should apply it now.
+
+        The default does nothing (the consumer sees the change after its short wait);
+        `RedisBroker` cuts its wait short.  Called in the hub's thread.
+        """
 
     def _nudge(self) -> None:
         """A publisher reached the server: a consumer that is down should retry now."""

@@ -53,6 +53,13 @@ class _NoSubscriber(Exception):
     """PUBLISH reached no subscriber."""
 
 
+class _Idle(Exception):
+    """The consumer's wait for a message ended without one (timed out, or woken by `_wake`)."""
+
+
+_IDLE = _Idle()
+
+
 class _ConnectionDead(redis.ConnectionError):
     """The pub/sub connection stopped answering PING."""
 
@@ -130,6 +137,9 @@ class RedisBroker(ConsumerBroker):
         self._publish_timeout = publish_timeout
         self._health_check_interval = health_check_interval
         self._poll_interval = poll_interval
+        #: the consumer's watcher of its pub/sub socket, and whether it waits on it now
+        self._watcher: Any = None
+        self._waiting = False
 
     def __repr__(self) -> str:
         return f"<RedisBroker {redact_url(self._url)} namespace={self.namespace!r}>"
@@ -171,6 +181,9 @@ class RedisBroker(ConsumerBroker):
         try:
             self._listen(pubsub)
         finally:
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
             try:
                 pubsub.close()
             except Exception:
@@ -200,10 +213,11 @@ class RedisBroker(ConsumerBroker):
             if ping_sent is None and now - last_heard > self._health_check_interval:
                 pubsub.ping()
                 ping_sent = now
-            # wait with our short timeout, but read a reply that has started to arrive with
-            # the full socket timeout: a 256 KiB message comes in many pieces.  Not
-            # get_message(): while nothing is subscribed it waits without reading at all.
-            if not pubsub.connection.can_read(timeout=self._poll_interval):
+            # wait with our short timeout (cut short by `_wake`), but read a reply that has
+            # started to arrive with the full socket timeout: a 256 KiB message comes in
+            # many pieces.  Not get_message(): while nothing is subscribed it waits without
+            # reading at all.
+            if not self._readable(pubsub.connection):
                 continue
             response = pubsub.parse_response(block=False, timeout=self._socket_timeout)
             last_heard = time.monotonic()
@@ -228,6 +242,45 @@ class RedisBroker(ConsumerBroker):
                         if topic in self._handlers and topic in subscribed:
                             self._bound.add(topic)
                     self._release_waiters()
+
+    def _readable(self, connection: Any) -> bool:
+        """Whether a reply waits on the pub/sub connection: at once, or within ``poll_interval``.
+
+        The wait is on the socket's file descriptor with a watcher `_wake` can cancel, so a
+        subscribe is sent at once instead of after the rest of the poll (the first
+        subscriber of a channel would otherwise wait up to ``poll_interval``).  False when
+        the wait timed out or was cut short.
+        """
+        import gevent  # here, not at the top: publishers (the Emitter) import no gevent
+        import gevent.socket
+
+        if connection.can_read(timeout=0):
+            return True
+        sock = connection._sock  # redis-py keeps the socket here once connected
+        if sock is None:
+            return False
+        watcher = self._watcher
+        fileno = sock.fileno()
+        if watcher is None or watcher.fd != fileno:
+            if watcher is not None:
+                watcher.close()
+            watcher = self._watcher = gevent.get_hub().loop.io(fileno, 1)
+        self._waiting = True
+        try:
+            gevent.socket.wait(watcher, timeout=self._poll_interval, timeout_exc=_IDLE)
+        except _Idle:
+            return False
+        finally:
+            self._waiting = False
+        return True
+
+    def _wake(self) -> None:
+        watcher = self._watcher
+        if self._waiting and watcher is not None:
+            self._waiting = False  # one cancellation per wait
+            import gevent
+
+            gevent.get_hub().cancel_wait(watcher, _IDLE)
 
     def _sync(self, pubsub: Any, subscribed: set[str], unconfirmed: dict[str, int]) -> None:
         """SUBSCRIBE new topics, UNSUBSCRIBE abandoned ones; confirmations arrive as messages."""
