@@ -65,9 +65,11 @@ a session's keys on `unregister`) and the channel memberships it wrote.  When `r
 that Redis holds a different number of sessions, or of memberships, for the node than it
 wrote (Redis restarted empty, the node was purged during a long pause, an `unregister` or a
 `channel_leave` failed while Redis was down), it rewrites the node's entries from what it
-knows.  A `channel_join` that fails stays remembered (its caller gets `BrokerUnavailable`),
-so the first renew that reaches Redis again writes it.  This assumes one presence object
-writes each node id, which is how `Realtime` uses it (one node id per process).
+knows, after counting again while no write of its own is in flight (one it remembers but
+Redis has not seen yet is no drift).  A `channel_join` that fails stays remembered (its
+caller gets `BrokerUnavailable`), so the first renew that reaches Redis again writes it.
+This assumes one presence object writes each node id, which is how `Realtime` uses it (one
+node id per process).
 
 The scripts name keys they compute (the identity hashes of a purged node), so this store
 needs a single Redis (or a primary with replicas), not Redis Cluster.  Redis >= 5.
@@ -629,6 +631,9 @@ class RedisPresence:
             joined_drifted = joined is not None and len(joined) != int(stored_joined)
         if (drifted or joined_drifted) and self._begin_healing():
             try:
+                # the counts were read while writes were in flight (this object remembers a
+                # write before it reaches Redis): count again now that none is
+                drifted, joined_drifted = self._drifted(node_id)
                 if drifted:
                     self._heal(node_id)
                 if joined_drifted:
@@ -696,6 +701,27 @@ class RedisPresence:
 
     def _expire_lease(self, node_id: str) -> None:
         self._run("close", lambda: self._client.zadd(self._leases_key, {node_id: 0}))
+
+    def _drifted(self, node_id: str) -> tuple[bool, bool]:
+        """Whether Redis holds another number of the node's sessions, and of its memberships, than written.
+
+        One round trip; called while no write is in flight, so a mismatch is real.
+        """
+
+        def count() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.scard(self._node_key(node_id))
+            pipe.scard(self._node_channels_key(node_id))
+            return list(pipe.execute())
+
+        stored, stored_joined = self._run("heal", count)
+        with self._lock:
+            known = self._by_node.get(node_id)
+            joined = self._joined_by_node.get(node_id)
+            return (
+                known is not None and len(known) != int(stored),
+                joined is not None and len(joined) != int(stored_joined),
+            )
 
     def _heal(self, node_id: str) -> None:
         """Make Redis hold exactly the sessions this object registered on ``node_id``.
