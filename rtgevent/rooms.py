@@ -54,11 +54,26 @@ JOIN_WAIT = 10.0
 
 
 class _Topic:
-    __slots__ = ("ready", "subscription")
+    """A channel's broker subscription; ``pending`` is set once the broker confirmed it (or failed).
+
+    The event is dropped once set: a node may hold tens of thousands of channels, and only
+    those being confirmed right now need one.
+    """
+
+    __slots__ = ("pending", "subscription")
 
     def __init__(self) -> None:
-        self.ready = Event()
+        self.pending: Event | None = Event()
         self.subscription: Subscription | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.pending is None
+
+    def confirmed(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.set()
 
 
 class Rooms:
@@ -163,8 +178,8 @@ class Rooms:
     def _open(self, channel: str) -> None:
         topic = self._topics.get(channel)
         if topic is not None:
-            if not topic.ready.is_set():
-                topic.ready.wait(JOIN_WAIT)
+            if topic.pending is not None:
+                topic.pending.wait(JOIN_WAIT)
             return
         if not self._fanout.publishing:
             return  # not started: local delivery only, `activate` subscribes at start
@@ -174,13 +189,13 @@ class Rooms:
         except Exception as exc:  # a closed broker: local delivery still works
             self._report(exc)
         finally:
-            topic.ready.set()
+            topic.confirmed()
         if topic.subscription is None or not self._hub.channel_size(channel):
             self._drop(channel)
 
     def _close(self, channel: str) -> None:
         topic = self._topics.get(channel)
-        if topic is not None and topic.ready.is_set():
+        if topic is not None and topic.ready:
             self._drop(channel)
         # still being confirmed: `_open` drops it once confirmed, seeing the channel empty
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -136,7 +137,10 @@ class ConsumerBroker(abc.ABC):
         self._socket_timeout = socket_timeout
         self._subscribe_timeout = subscribe_timeout
         self._lock = threading.Lock()
-        #: topic -> handlers, copy-on-write so the consumer reads it without the lock
+        #: topic -> handlers.  Changed in place under the lock (a node may hold tens of
+        #: thousands of channels: no copy per subscribe); the consumer's lookups need no lock,
+        #: each value is a tuple replaced whole.  Topics are interned: the table, the bound
+        #: set and the consumer's own sets share one string per topic.
         self._handlers: dict[str, tuple[BrokerHandler, ...]] = {}
         #: topics the server confirmed on the current connection (bound, SUBSCRIBEd)
         self._bound: set[str] = set()
@@ -205,10 +209,11 @@ class ConsumerBroker(abc.ABC):
         if self._closed:
             raise BrokerUnavailable(f"{self._what}: broker is closed")
         waiter = gevent.event.Event()
+        topic = sys.intern(topic)
         with self._lock:
             if topic not in self._handlers:
                 self._dirty = True
-            self._handlers = {**self._handlers, topic: (*self._handlers.get(topic, ()), handler)}
+            self._handlers[topic] = (*self._handlers.get(topic, ()), handler)
             if topic in self._bound or self._down:
                 waiter.set()
             else:
@@ -233,13 +238,11 @@ class ConsumerBroker(abc.ABC):
             if handler not in handlers:
                 return
             handlers.remove(handler)
-            table = dict(self._handlers)
             if handlers:
-                table[topic] = tuple(handlers)
+                self._handlers[topic] = tuple(handlers)
             else:
-                del table[topic]
+                del self._handlers[topic]
                 self._dirty = True
-            self._handlers = table
         self._wake()
 
     def _ensure_consumer(self) -> None:

@@ -32,6 +32,7 @@ gevent hub's thread (the consumer is a greenlet).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from typing import Any
@@ -300,7 +301,7 @@ class RedisBroker(ConsumerBroker):
 
     def _topic_of(self, channel: bytes | str) -> str:
         name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
-        return name.removeprefix(self._prefix)
+        return sys.intern(name.removeprefix(self._prefix))  # the string the handler table holds
 
     # ------------------------------------------------------------------ closing
 
