@@ -144,9 +144,12 @@ class ConsumerBroker(abc.ABC):
         self._handlers: dict[str, tuple[BrokerHandler, ...]] = {}
         #: topics the server confirmed on the current connection (bound, SUBSCRIBEd)
         self._bound: set[str] = set()
-        #: the handler table changed: the consumer has (un)bindings to apply
+        #: the handler table changed: the consumer has (un)bindings to apply; and the topics
+        #: that gained their first handler or lost their last since it last looked
         self._dirty = False
-        self._waiters: list[tuple[str, gevent.event.Event]] = []
+        self._changed: set[str] = set()
+        #: topic -> the subscribe() calls waiting for its confirmation
+        self._waiters: dict[str, list[gevent.event.Event]] = {}
         self._link = LinkState(what)
         #: the consumer failed and is retrying: subscribe() then does not wait
         self._down = False
@@ -213,11 +216,12 @@ class ConsumerBroker(abc.ABC):
         with self._lock:
             if topic not in self._handlers:
                 self._dirty = True
+                self._changed.add(topic)
             self._handlers[topic] = (*self._handlers.get(topic, ()), handler)
             if topic in self._bound or self._down:
                 waiter.set()
             else:
-                self._waiters.append((topic, waiter))
+                self._waiters.setdefault(topic, []).append(waiter)
         subscription = ConsumerSubscription(self, topic, handler)
         self._ensure_consumer()
         self._wake()
@@ -243,6 +247,7 @@ class ConsumerBroker(abc.ABC):
             else:
                 del self._handlers[topic]
                 self._dirty = True
+                self._changed.add(topic)
         self._wake()
 
     def _ensure_consumer(self) -> None:
@@ -268,15 +273,18 @@ class ConsumerBroker(abc.ABC):
     def _was_nudged(self) -> bool:
         return self._nudged
 
-    def _release_waiters(self, *, everyone: bool = False) -> None:
+    def _release_waiters(self, *, everyone: bool = False, topic: str | None = None) -> None:
+        """Wake the subscribe() calls whose topic is bound (only ``topic``'s, if given), or all of them."""
         with self._lock:
-            keep = []
-            for topic, waiter in self._waiters:
-                if everyone or topic in self._bound:
-                    waiter.set()
-                else:
-                    keep.append((topic, waiter))
-            self._waiters = keep
+            if everyone:
+                ready = list(self._waiters)
+            elif topic is not None:
+                ready = [topic] if topic in self._bound and topic in self._waiters else []
+            else:
+                ready = [name for name in self._waiters if name in self._bound]
+            released = [waiter for name in ready for waiter in self._waiters.pop(name)]
+        for waiter in released:
+            waiter.set()
 
     # ------------------------------------------------------------------ the consumer greenlet
 
@@ -308,6 +316,18 @@ class ConsumerBroker(abc.ABC):
             # server answers publishers must not reconnect at the publish rate
             sleep_backoff(self._stop, backoff.next(), (lambda: False) if nudge_spent else self._was_nudged)
             nudge_spent = nudge_spent or self._nudged
+
+    def _take_changes(self, *, everything: bool) -> tuple[set[str], set[str]]:
+        """The topics to look at (every subscribed one, or those that changed) and which of them are wanted.
+
+        Clears the dirty flag: what changes afterwards is the next round's.
+        """
+        with self._lock:
+            self._dirty = False
+            changed, self._changed = self._changed, set()
+            if everything:
+                changed = set(self._handlers)
+            return changed, {topic for topic in changed if topic in self._handlers}
 
     def _start_over(self) -> None:
         """A new connection: nothing is bound on it yet, every wanted topic is to be bound."""

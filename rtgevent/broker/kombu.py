@@ -458,9 +458,8 @@ class KombuBroker(ConsumerBroker):
 
     def _sync_bindings(self, channel: Any) -> None:
         """Bind newly subscribed topics, unbind abandoned ones (consumer greenlet only)."""
+        _, wanted = self._take_changes(everything=True)  # bindings are few: compare them all
         with self._lock:
-            self._dirty = False
-            wanted = set(self._handlers)
             bound = set(self._bound)
         wanted.discard(self._broadcast_topic)
         bound.discard(self._broadcast_topic)

@@ -199,9 +199,11 @@ class RedisBroker(ConsumerBroker):
         restoring = True  # "restored" once every wanted channel is confirmed again
         last_heard = time.monotonic()
         ping_sent: float | None = None
+        everything = True  # a new connection: every topic is to be subscribed
         while not self._closed:
             if self._dirty:
-                self._sync(pubsub, subscribed, unconfirmed)
+                self._sync(pubsub, subscribed, unconfirmed, everything=everything)
+                everything = False
             if restoring and not self._dirty:
                 with self._lock:
                     complete = set(self._handlers) <= self._bound
@@ -242,7 +244,7 @@ class RedisBroker(ConsumerBroker):
                     with self._lock:
                         if topic in self._handlers and topic in subscribed:
                             self._bound.add(topic)
-                    self._release_waiters()
+                    self._release_waiters(topic=topic)  # one topic's: not a scan of every waiter
 
     def _readable(self, connection: Any) -> bool:
         """Whether a reply waits on the pub/sub connection: at once, or within ``poll_interval``.
@@ -283,17 +285,19 @@ class RedisBroker(ConsumerBroker):
 
             gevent.get_hub().cancel_wait(watcher, _IDLE)
 
-    def _sync(self, pubsub: Any, subscribed: set[str], unconfirmed: dict[str, int]) -> None:
-        """SUBSCRIBE new topics, UNSUBSCRIBE abandoned ones; confirmations arrive as messages."""
-        with self._lock:
-            self._dirty = False
-            wanted = set(self._handlers)
+    def _sync(self, pubsub: Any, subscribed: set[str], unconfirmed: dict[str, int], *, everything: bool) -> None:
+        """SUBSCRIBE new topics, UNSUBSCRIBE abandoned ones; confirmations arrive as messages.
+
+        Only the topics that changed since the last round are looked at (a node may hold tens
+        of thousands), except on a new connection.
+        """
+        changed, wanted = self._take_changes(everything=everything)
         if new := sorted(wanted - subscribed):
             subscribed.update(new)
             for topic in new:
                 unconfirmed[topic] = unconfirmed.get(topic, 0) + 1
             pubsub.subscribe(*(self._channel(topic) for topic in new))
-        if gone := sorted(subscribed - wanted):
+        if gone := sorted(topic for topic in changed - wanted if topic in subscribed):
             subscribed.difference_update(gone)
             with self._lock:  # before sending: a subscribe() meanwhile must wait for the re-SUBSCRIBE
                 self._bound.difference_update(gone)
