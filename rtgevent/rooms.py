@@ -54,10 +54,9 @@ JOIN_WAIT = 10.0
 
 
 class _Topic:
-    """A channel's broker subscription; ``pending`` is set once the broker confirmed it (or failed).
-
-    The event is dropped once set: a node may hold tens of thousands of channels, and only
-    those being confirmed right now need one.
+    """A channel's broker subscription.  ``pending`` is what a second joiner waits on while the
+    broker confirms it; it is set and dropped once confirmed (or failed): a node may hold tens
+    of thousands of channels, and only those being confirmed right now need an event.
     """
 
     __slots__ = ("pending", "subscription")

@@ -214,7 +214,8 @@ class ConsumerBroker(abc.ABC):
         waiter = gevent.event.Event()
         topic = sys.intern(topic)
         with self._lock:
-            if topic not in self._handlers:
+            new = topic not in self._handlers
+            if new:
                 self._dirty = True
                 self._changed.add(topic)
             self._handlers[topic] = (*self._handlers.get(topic, ()), handler)
@@ -224,7 +225,8 @@ class ConsumerBroker(abc.ABC):
                 self._waiters.setdefault(topic, []).append(waiter)
         subscription = ConsumerSubscription(self, topic, handler)
         self._ensure_consumer()
-        self._wake()
+        if new:
+            self._wake()
         if gevent.getcurrent() is self._consumer:
             return subscription  # from a handler: the consumer binds it when the handler returns
         if not waiter.wait(timeout=self._subscribe_timeout):
@@ -244,11 +246,11 @@ class ConsumerBroker(abc.ABC):
             handlers.remove(handler)
             if handlers:
                 self._handlers[topic] = tuple(handlers)
-            else:
-                del self._handlers[topic]
-                self._dirty = True
-                self._changed.add(topic)
-        self._wake()
+                return
+            del self._handlers[topic]
+            self._dirty = True
+            self._changed.add(topic)
+        self._wake()  # the topic lost its last handler: the consumer unsubscribes it now
 
     def _ensure_consumer(self) -> None:
         import gevent
