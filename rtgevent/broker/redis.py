@@ -296,12 +296,14 @@ class RedisBroker(ConsumerBroker):
             subscribed.update(new)
             for topic in new:
                 unconfirmed[topic] = unconfirmed.get(topic, 0) + 1
-            pubsub.subscribe(*(self._channel(topic) for topic in new))
+            # the command itself, not PubSub.subscribe: that keeps its own record of every
+            # channel (~150 B each) for a reconnect this consumer never asks of it
+            pubsub.execute_command("SUBSCRIBE", *(self._channel(topic) for topic in new))
         if gone := sorted(topic for topic in changed - wanted if topic in subscribed):
             subscribed.difference_update(gone)
             with self._lock:  # before sending: a subscribe() meanwhile must wait for the re-SUBSCRIBE
                 self._bound.difference_update(gone)
-            pubsub.unsubscribe(*(self._channel(topic) for topic in gone))
+            pubsub.execute_command("UNSUBSCRIBE", *(self._channel(topic) for topic in gone))
 
     def _topic_of(self, channel: bytes | str) -> str:
         name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
