@@ -254,11 +254,13 @@ class RedisBroker(ConsumerBroker):
         subscriber of a channel would otherwise wait up to ``poll_interval``).  False when
         the wait timed out or was cut short.
         """
-        import gevent  # here, not at the top: publishers (the Emitter) import no gevent
-        import gevent.socket
-
         if connection.can_read(timeout=0):
             return True
+        # imported here, not at the top (publishers such as the Emitter import no gevent), and
+        # only when about to wait: a reply already buffered costs nothing more
+        import gevent
+        import gevent.socket
+
         sock = connection._sock  # redis-py keeps the socket here once connected
         if sock is None:
             return False
