@@ -625,10 +625,7 @@ class RedisPresence:
         _deadline, stored, expired, stored_joined = reply
         with self._lock:
             self._leased.add(node_id)
-            known = self._by_node.get(node_id)
-            drifted = known is not None and len(known) != int(stored)
-            joined = self._joined_by_node.get(node_id)
-            joined_drifted = joined is not None and len(joined) != int(stored_joined)
+        drifted, joined_drifted = self._compare(node_id, stored, stored_joined)
         if (drifted or joined_drifted) and self._begin_healing():
             try:
                 # the counts were read while writes were in flight (this object remembers a
@@ -715,6 +712,10 @@ class RedisPresence:
             return list(pipe.execute())
 
         stored, stored_joined = self._run("heal", count)
+        return self._compare(node_id, stored, stored_joined)
+
+    def _compare(self, node_id: str, stored: Any, stored_joined: Any) -> tuple[bool, bool]:
+        """Whether Redis' counts of the node's sessions and memberships differ from what this object wrote."""
         with self._lock:
             known = self._by_node.get(node_id)
             joined = self._joined_by_node.get(node_id)
