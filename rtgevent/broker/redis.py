@@ -145,7 +145,13 @@ class RedisBroker(ConsumerBroker):
     def __repr__(self) -> str:
         return f"<RedisBroker {redact_url(self._url)} namespace={self.namespace!r}>"
 
-    def _channel(self, topic: str) -> str:
+    @property
+    def url(self) -> str:
+        """The Redis this broker talks to (`RedisHistory` publishes in its append script when it is its own)."""
+        return self._url
+
+    def redis_channel(self, topic: str) -> str:
+        """The Redis channel of ``topic``."""
         return self._prefix + topic
 
     # ------------------------------------------------------------------ publishing
@@ -153,7 +159,7 @@ class RedisBroker(ConsumerBroker):
     def publish(self, topic: str, payload: bytes, *, expect_receiver: bool = True) -> None:
         """PUBLISH ``payload`` on the topic's channel; `BrokerUnavailable` after bounded retries."""
         self._check_publishable(payload)
-        channel = self._channel(topic)
+        channel = self.redis_channel(topic)
         deadline = Deadline(self._publish_timeout)
         attempts = 0
         last: BaseException | None = None
@@ -300,12 +306,12 @@ class RedisBroker(ConsumerBroker):
                 unconfirmed[topic] = unconfirmed.get(topic, 0) + 1
             # the command itself, not PubSub.subscribe: that keeps its own record of every
             # channel (~150 B each) for a reconnect this consumer never asks of it
-            pubsub.execute_command("SUBSCRIBE", *(self._channel(topic) for topic in new))
+            pubsub.execute_command("SUBSCRIBE", *(self.redis_channel(topic) for topic in new))
         if gone := sorted(topic for topic in changed - wanted if topic in subscribed):
             subscribed.difference_update(gone)
             with self._lock:  # before sending: a subscribe() meanwhile must wait for the re-SUBSCRIBE
                 self._bound.difference_update(gone)
-            pubsub.execute_command("UNSUBSCRIBE", *(self._channel(topic) for topic in gone))
+            pubsub.execute_command("UNSUBSCRIBE", *(self.redis_channel(topic) for topic in gone))
 
     def _topic_of(self, channel: bytes | str) -> str:
         name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
