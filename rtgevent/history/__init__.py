@@ -16,7 +16,16 @@ from .memory import MemoryHistory
 if TYPE_CHECKING:
     from .redis import RedisHistory
 
-__all__ = ["History", "MemoryHistory", "Position", "Publication", "Recovery", "RedisHistory", "Stamp", "history_from_url"]
+__all__ = [
+    "History",
+    "MemoryHistory",
+    "Position",
+    "Publication",
+    "Recovery",
+    "RedisHistory",
+    "Stamp",
+    "history_from_url",
+]
 
 _OPTIONS = frozenset({"namespace", "socket_timeout", "retries"})
 
@@ -39,7 +48,8 @@ def history_from_url(url: str, **kwargs: Any) -> History:
     if scheme == "memory":
         return MemoryHistory()
     raise InvalidOption(
-        "history_url", f"unsupported scheme {scheme!r} in {redact_url(str(url))!r}: use redis://, rediss:// or memory://"
+        "history_url",
+        f"unsupported scheme {scheme!r} in {redact_url(str(url))!r}: use redis://, rediss:// or memory://",
     )
 
 

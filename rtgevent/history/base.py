@@ -24,7 +24,18 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..errors import InvalidOption
 
-__all__ = ["OFFSET", "EPOCH", "History", "Position", "Publication", "Recovery", "Stamp", "as_stamp", "check_stream_bounds", "reaches_back"]
+__all__ = [
+    "EPOCH",
+    "OFFSET",
+    "History",
+    "Position",
+    "Publication",
+    "Recovery",
+    "Stamp",
+    "as_stamp",
+    "check_stream_bounds",
+    "reaches_back",
+]
 
 #: the slot markers of a `Stamp`'s parts
 OFFSET = "o"

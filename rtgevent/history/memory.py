@@ -1,8 +1,9 @@
 """MemoryHistory: streams in this process, for one node (the default) and tests.
 
 Each stream is a deque bounded by its size, forgotten ``ttl`` seconds after its last
-append (checked on access, and swept every `sweep_every` appends, so nothing runs in the background and memory stays bounded); a forgotten stream starts
-again at offset 1 under a new epoch, exactly like a Redis stream that expired.  Thread-safe
+append (checked on access, and swept every `sweep_every` appends: nothing runs in the
+background, and memory stays bounded); a forgotten stream starts again at offset 1 under
+a new epoch, exactly like a Redis stream that expired.  Thread-safe
 (a lock held only around the deque), so native threads and the hub may share it.  Nodes do
 not share it: several nodes need `RedisHistory`.
 """

@@ -234,4 +234,3 @@ class RedisHistory:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
