@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -35,11 +36,13 @@ from .errors import (
     UnknownRoute,
     quote,
 )
+from .history.base import Position, Recovery
 from .ids import IdGenerator
 from .lifecycle import Closing, Ending, Lifecycle, disconnect_info
 from .lifecycle import Event as LifeEvent
 from .message import (
     AUTH_ROUTE,
+    PERSONAL_ROUTE,
     REPLY_ROUTE,
     RESERVED_PREFIX,
     SUBSCRIBE_ROUTE,
@@ -54,6 +57,7 @@ from .rooms import Rooms
 from .router import Router
 from .session import ConnectHook, DisconnectHook, ErrorHook, Session, Transport
 from .stats import Stats
+from .streams import identity_stream
 from .threadsafe import HubCaller
 from .types import DisconnectInfo, Identity, Initiator, SessionInfo
 
@@ -330,7 +334,16 @@ class App:
         return session
 
     def open_session(self, session: Session, life: Lifecycle) -> bool:
-        """Put a session in the hub and presence and run on_connect; False if it was rejected."""
+        """Put a session in the hub and presence and run on_connect; False if it was rejected.
+
+        With personal streams (``Config.identity_history_size``) the session then gets what
+        it missed since ``session.resume`` (or nothing, if it brought no position), and
+        ``rt.personal`` saying where the stream stands, before any newer message.
+        """
+        streams = self.fanout.streams if self.config.identity_history_size else None
+        stream = identity_stream(session.identity.tenant_id, session.identity.id)
+        if streams is not None:
+            streams.begin(stream, session)
         self.hub.add(session)
         try:
             # the login number orders the identity's sessions cluster-wide (replace policy);
@@ -352,6 +365,13 @@ class App:
             code = 1008 if isinstance(exc, Unauthorized) else 1011
             session.request_close(Closing(Initiator.SERVER, code, "rejected", flush=True))
             return False
+        if streams is not None:
+            since = Position(*session.resume) if session.resume is not None else None
+            recovery = streams.finish(stream, session, since, self.config.identity_history_size)
+            try:
+                session.send_message(Message(PERSONAL_ROUTE, _position_reply(recovery)))
+            except RealtimeError:
+                pass  # closing already
         if self.config.session_policy == "replace":
             # after on_connect: a login that is rejected replaces nobody
             self._replace_older(session)
@@ -362,6 +382,12 @@ class App:
 
     def _unregister(self, session: Session) -> None:
         self.hub.remove(session)
+        streams = self.fanout.streams
+        if streams is not None and self.config.identity_history_size:
+            stream = identity_stream(session.identity.tenant_id, session.identity.id)
+            streams.abandon(stream, session)
+            if not self.hub.of_identity(session.identity.tenant_id, session.identity.id):
+                streams.forget(stream)
         try:
             self.fanout.presence.unregister(session.id)
         except Exception as exc:
@@ -467,6 +493,8 @@ class App:
         if msg.route == UNSUBSCRIBE_ROUTE:
             session.unsubscribe(channel)
             return {"channel": channel}
+        since = _since(data.get("since") if isinstance(data, dict) else None)
+        recovery = None
         if channel not in session.channels:
             if not self._on_subscribe:
                 raise Unauthorized(f"subscription to {quote(channel)} refused: no on_subscribe hook allows it")
@@ -478,9 +506,12 @@ class App:
                 except Exception as exc:
                     self.report(exc, session)
                     raise Unauthorized(f"subscription to {quote(channel)} refused") from None
-            session.subscribe(channel)
-        # without history (SPEC section 14) a stream has no offset and nothing is recovered
-        return {"channel": channel, "offset": 0, "epoch": "", "recovered": False, "missed": 0}
+            if session.closed:
+                raise SessionClosed("session is closing")
+            recovery = self.rooms.subscribe(session, channel, since)
+        elif self.rooms.namespaces.options(channel).history_size:
+            recovery = self.rooms.subscribe(session, channel)
+        return {"channel": channel, **_position_reply(recovery)}
 
     def _answer_error(self, session: Session, msg_id: Any, code: str, text: str) -> None:
         if len(text) > _MAX_ERROR_TEXT:
@@ -503,8 +534,14 @@ class App:
             msg_id = msg.id
             if msg.route != AUTH_ROUTE:
                 raise Unauthorized("the first message must be rt.auth")
+            token = msg.data
+            if isinstance(token, dict) and "token" in token:
+                # {"token": ..., "since": {"offset", "epoch"}}: the personal stream's position too
+                since = _since(token.get("since"))
+                session.resume = (since.offset, since.epoch) if since is not None else None
+                token = token["token"]
             with Timeout(self.config.auth_timeout, Unauthorized("authentication timed out")):
-                identity = verify(msg.data)
+                identity = verify(token)
             if not isinstance(identity, Identity):
                 raise Unauthorized("authenticator returned no identity")
         except Exception as exc:
@@ -524,6 +561,48 @@ class App:
                 session.send_message(reply_message(msg_id, answer))
             else:
                 session.send_message(Message(REPLY_ROUTE, answer))
+
+
+def personal_since(query: str) -> tuple[int, str] | None:
+    """The ``since=<offset>:<epoch>`` query parameter of a reconnecting client, or None.
+
+    A malformed one is ignored: the client then gets ``recovered: false`` and reloads.
+    """
+    for value in urllib.parse.parse_qs(query, max_num_fields=32).get("since", [])[:1]:
+        offset, sep, epoch = value.partition(":")
+        if sep and offset.isascii() and offset.isdigit() and len(offset) < 20 and len(epoch) <= 64:
+            return int(offset), epoch
+    return None
+
+
+def _since(value: object) -> Position | None:
+    """A client's ``since`` (``{"offset": int, "epoch": str}``), or None; anything else is a bad message."""
+    if value is None:
+        return None
+    offset = value.get("offset") if isinstance(value, dict) else None
+    epoch = value.get("epoch") if isinstance(value, dict) else None
+    if isinstance(offset, str) and offset.isascii() and offset.isdigit() and len(offset) < 20:
+        offset = int(offset)  # the offset as the envelope's metadata spells it
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 1 << 63:
+        raise BadMessage("since needs {'offset': <int >= 0>, 'epoch': <str>}")
+    if not isinstance(epoch, str) or len(epoch) > 64:
+        raise BadMessage("since needs {'offset': <int >= 0>, 'epoch': <str>}")
+    return Position(offset, epoch)
+
+
+def _position_reply(recovery: Recovery | None) -> dict[str, Any]:
+    """Where a stream stands for the client, and what it got back (SPEC section 14).
+
+    Without history a stream has no offset and nothing is recovered.
+    """
+    if recovery is None:
+        return {"offset": 0, "epoch": "", "recovered": False, "missed": 0}
+    return {
+        "offset": recovery.offset,
+        "epoch": recovery.epoch,
+        "recovered": recovery.complete,
+        "missed": len(recovery.publications),
+    }
 
 
 def _check_not_reserved(kind: str, name: str) -> None:

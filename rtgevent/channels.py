@@ -20,6 +20,7 @@ import hashlib
 import re
 
 from .errors import InvalidOption
+from .history.base import check_stream_bounds
 
 __all__ = ["DEFAULT_OPTIONS", "ChannelOptions", "Namespaces", "channel_topic", "check_channel"]
 
@@ -48,9 +49,10 @@ class ChannelOptions:
 
     ``presence``: members are kept cluster-wide (`rt.channel_members`); ``join_leave``:
     subscribers get ``rt.join`` / ``rt.leave`` as others come and go; ``history_size`` /
-    ``history_ttl``: the channel keeps a stream for recovery (section 14; not built yet,
-    so they must stay off); ``max_subscribers``: a bound on the channel's subscribers on
-    one node.
+    ``history_ttl``: the channel keeps its last ``history_size`` publications for
+    ``history_ttl`` seconds after the latest, with offsets, so that a client that
+    reconnects gets back what it missed (section 14; both set, or neither);
+    ``max_subscribers``: a bound on the channel's subscribers on one node.
     """
 
     presence: bool = False
@@ -66,8 +68,7 @@ class ChannelOptions:
             or self.max_subscribers < 1
         ):
             raise InvalidOption("max_subscribers", f"must be a positive int or None, got {self.max_subscribers!r}")
-        if self.history_size or self.history_ttl is not None:
-            raise InvalidOption("history_size", "channel history is not available yet")
+        check_stream_bounds(self.history_size, self.history_ttl, field="history")
 
 
 DEFAULT_OPTIONS = ChannelOptions()
@@ -87,6 +88,11 @@ class Namespaces:
         if not isinstance(options, ChannelOptions):
             raise InvalidOption("options", "must be a ChannelOptions")
         self._by_prefix[prefix] = options
+
+    @property
+    def histories(self) -> bool:
+        """Whether any namespace keeps history."""
+        return any(options.history_size for options in self._by_prefix.values())
 
     def options(self, channel: str) -> ChannelOptions:
         best = ""

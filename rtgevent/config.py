@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidOption
+from .history.base import check_stream_bounds
 
 __all__ = ["Backpressure", "Config"]
 
@@ -67,6 +68,11 @@ class Config:
     session_policy: str = "multi"
     compression: bool = False
     debug: bool = False
+    #: the personal stream of every identity (SPEC section 14): ``send_to_identity`` keeps its
+    #: last ``identity_history_size`` messages for ``identity_history_ttl`` seconds, and a
+    #: client that reconnects gets back what it missed; 0 / None: off
+    identity_history_size: int = 0
+    identity_history_ttl: float | None = None
 
     def __post_init__(self) -> None:
         for name in _DURATIONS:
@@ -97,6 +103,9 @@ class Config:
         self.origin_patterns = list(self.origin_patterns)
         if self.session_policy not in _SESSION_POLICIES:
             raise InvalidOption("session_policy", f"must be one of {_SESSION_POLICIES}, got {self.session_policy!r}")
+        check_stream_bounds(self.identity_history_size, self.identity_history_ttl, field="identity_history")
+        if self.identity_history_ttl is not None:
+            self.identity_history_ttl = float(self.identity_history_ttl)
         for name in ("insecure_origins", "compression", "debug"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidOption(name, f"expected a bool, got {getattr(self, name)!r}")

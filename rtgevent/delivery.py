@@ -13,22 +13,36 @@ Emitter runs in processes that have none.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .broker.base import Broker
 from .channels import channel_topic
+from .codec import Codec
 from .errors import BackpressureError, BrokerUnavailable, InvalidBrokerMessage, SessionClosed
+from .history.base import History, Position, Stamp
+from .history.memory import MemoryHistory
 from .hub import Hub
 from .lifecycle import Closing, kick_initiator
+from .message import Message
 from .payload import BROADCAST_TOPIC, BrokerPayload, decode_payload, encode_payload, node_topic
 from .presence.base import Presence
+from .streams import Streams, channel_stream, identity_stream
 from .transport.frames import encode_frame
 from .types import Initiator
 
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["REPLACED_CODE", "REPLACED_REASON", "Fanout", "Reach", "deliver_local", "kick_local", "publish_to_nodes"]
+__all__ = [
+    "REPLACED_CODE",
+    "REPLACED_REASON",
+    "Fanout",
+    "Reach",
+    "deliver_local",
+    "kick_local",
+    "publish_to_nodes",
+    "stamp_message",
+]
 
 ErrorSink = Callable[[BaseException], None]
 
@@ -71,15 +85,31 @@ class Reach(int):
 
 
 class Fanout:
-    """Where messages go from one origin: a node (with its hub) or an Emitter (none)."""
+    """Where messages go from one origin: a node (with its hub) or an Emitter (none).
 
-    __slots__ = ("broker", "hub", "origin", "presence", "publishing")
+    Publications to a stream (SPEC section 14) are appended to ``history`` first, and reach
+    this node's sessions through `streams` (a node's; an Emitter has none), which delivers
+    every offset once and in order.
+    """
 
-    def __init__(self, broker: Broker, presence: Presence, origin: str, hub: Hub | None = None) -> None:
+    __slots__ = ("broker", "history", "hub", "origin", "presence", "publishing", "streams")
+
+    def __init__(
+        self,
+        broker: Broker,
+        presence: Presence,
+        origin: str,
+        hub: Hub | None = None,
+        history: History | None = None,
+        report: ErrorSink | None = None,
+    ) -> None:
         self.broker = broker
         self.presence = presence
         self.origin = origin
         self.hub = hub
+        self.history: History = history if history is not None else MemoryHistory()
+        #: this node's streams, or None for an Emitter
+        self.streams = Streams(self.history, deliver_local, report or _ignore) if hub is not None else None
         #: broadcasts and kicks go to the broker only from a started node (an Emitter: always)
         self.publishing = hub is None
 
@@ -102,6 +132,75 @@ class Fanout:
             payload = BrokerPayload("channel", self.origin, envelope, channel=channel, exclude=exclude)
             self.broker.publish(channel_topic(channel), encode_payload(payload), expect_receiver=False)
         return delivered
+
+    def publish_stream(self, channel: str, stamp: Stamp, exclude: str, size: int, ttl: float) -> tuple[int, Position]:
+        """A publication to a channel with history: appended, then delivered like `publish`.
+
+        With a `RedisHistory` on the broker's own Redis the append script publishes it
+        too, so every node receives the channel's publications in offset order; with any
+        other pair, it is published after the append and nodes put crossed publications
+        back in order (`Streams.admit`).  Returns how many local subscribers took it, and
+        the offset and epoch it got.
+        """
+        stream = channel_stream(channel)
+        payload = None
+        if self.publishing:
+            raw = encode_payload(
+                BrokerPayload(
+                    "channel",
+                    self.origin,
+                    stamp.text,
+                    channel=channel,
+                    exclude=exclude,
+                    offset=stamp.offset_token,
+                    epoch=stamp.epoch_token,
+                )
+            )
+            payload = stamp.sibling(raw.decode())
+        publisher = getattr(self.history, "publisher", None)
+        name = publisher(self.broker) if payload is not None and publisher is not None else None
+        if name is not None and payload is not None:
+            position: Position = self.history.append(  # type: ignore[call-arg]
+                stream, stamp, size, ttl, publish=(name(channel_topic(channel)), payload)
+            )
+        else:
+            position = self.history.append(stream, stamp, size, ttl)
+        delivered = 0
+        if self.streams is not None and self.hub is not None:
+            local = self.hub.of_channel(channel)
+            if exclude:
+                local = [s for s in local if s.id != exclude]
+            envelope = stamp.render(*position)
+            delivered = self.streams.deliver(stream, self.streams.admit(stream, *position, envelope), local)
+        if payload is not None and name is None:
+            self.broker.publish(channel_topic(channel), _encoded(payload.render(*position)), expect_receiver=False)
+        return delivered, position
+
+    def to_identity_stream(
+        self, tenant_id: str, identity_id: str, stamp: Stamp, size: int, ttl: float
+    ) -> tuple[Reach, Position]:
+        """`to_identity` for an identity with a personal stream: appended first, offsets in order."""
+        stream = identity_stream(tenant_id, identity_id)
+        position = self.history.append(stream, stamp, size, ttl)
+        envelope = stamp.render(*position)
+        local = self.hub.of_identity(tenant_id, identity_id) if self.hub is not None else []
+        delivered = 0
+        if self.streams is not None and local:
+            delivered = self.streams.deliver(stream, self.streams.admit(stream, *position, envelope), local)
+        nodes = self.nodes_of(tenant_id, identity_id)
+        sent = 0
+        if nodes:
+            payload = BrokerPayload(
+                "identity",
+                self.origin,
+                envelope,
+                tenant_id,
+                identity_id,
+                offset=str(position.offset),
+                epoch=position.epoch,
+            )
+            sent = publish_to_nodes(self.broker, nodes, encode_payload(payload))
+        return Reach(len(local), delivered, sent), position
 
     def to_identity(self, tenant_id: str, identity_id: str, envelope: str | bytes) -> Reach:
         """The identity's local sessions, then each other node presence names for it."""
@@ -199,9 +298,20 @@ class Fanout:
             local = hub.of_channel(payload.channel)
             if payload.exclude:
                 local = [s for s in local if s.id != payload.exclude]
-            deliver_local(local, payload.envelope)
+            position = payload.position
+            if position is None or self.streams is None:
+                deliver_local(local, payload.envelope)
+            else:
+                stream = channel_stream(payload.channel)
+                self.streams.deliver(stream, self.streams.admit(stream, *position, payload.envelope), local)
         elif payload.kind == "identity":
-            deliver_local(hub.of_identity(payload.tenant, payload.identity), payload.envelope)
+            local = hub.of_identity(payload.tenant, payload.identity)
+            position = payload.position
+            if position is None or self.streams is None:
+                deliver_local(local, payload.envelope)
+            elif local:
+                stream = identity_stream(payload.tenant, payload.identity)
+                self.streams.deliver(stream, self.streams.admit(stream, *position, payload.envelope), local)
         else:
             sessions = hub.of_identity(payload.tenant, payload.identity)
             if sessions and (payload.code, payload.reason) == (REPLACED_CODE, REPLACED_REASON):
@@ -251,6 +361,21 @@ def deliver_local(sessions: list[Session], envelope: str | bytes) -> int:
             continue
         delivered += 1
     return delivered
+
+
+def stamp_message(codec: Codec, route: str, data: Any, metadata: dict[str, str]) -> Stamp:
+    """The envelope of a publication to a stream, encoded once with its offset and epoch to come."""
+    stamp = Stamp()
+    metadata = {**metadata, "offset": stamp.offset_token, "epoch": stamp.epoch_token}
+    return stamp.cut(codec.encode(Message(route, data, metadata=metadata)))
+
+
+def _encoded(text: str | bytes) -> bytes:
+    return text.encode() if isinstance(text, str) else text
+
+
+def _ignore(error: BaseException) -> None:
+    pass
 
 
 def _older_than(sessions: list[Session], number: int) -> list[Session]:

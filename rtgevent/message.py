@@ -15,6 +15,8 @@ ERROR_ROUTE = "rt.error"
 AUTH_ROUTE = "rt.auth"
 SUBSCRIBE_ROUTE = "rt.subscribe"
 UNSUBSCRIBE_ROUTE = "rt.unsubscribe"
+#: where the session's personal stream stands, sent once it is open (SPEC section 14)
+PERSONAL_ROUTE = "rt.personal"
 #: Routes under this prefix belong to the framework; applications may not register them.
 RESERVED_PREFIX = "rt."
 

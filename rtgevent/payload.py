@@ -4,7 +4,12 @@ Never pickle: a broker is shared, and unpickling is code execution.  One payload
 
     {"v": 1, "kind": "broadcast" | "identity" | "kick" | "channel", "origin": <node id>,
      "tenant": str, "identity": str, "text": <envelope> | "binary": <base64 envelope>,
-     "code": int, "reason": str, "channel": str, "exclude": <session id>}
+     "code": int, "reason": str, "channel": str, "exclude": <session id>,
+     "offset": "<n>", "epoch": str}
+
+``offset`` and ``epoch`` come with a publication to a stream (SPEC section 14): a string,
+so that the history store can put the offset it hands out into an already encoded
+payload (`rtgevent.history.Stamp`).
 
 The envelope is encoded once by the sender; every node frames it once for all of its
 sessions.  Pure: no socket, no gevent, so a process without gevent can publish.
@@ -43,6 +48,15 @@ class BrokerPayload:
     #: kind "channel": the channel, and the session not to deliver to ("" for none)
     channel: str = ""
     exclude: str = ""
+    #: a publication to a stream: its offset (a decimal string; a `Stamp` token before the
+    #: store rendered it) and the stream's epoch; "" for none
+    offset: str = ""
+    epoch: str = ""
+
+    @property
+    def position(self) -> tuple[int, str] | None:
+        """The stream position this payload carries, or None."""
+        return (int(self.offset), self.epoch) if self.offset else None
 
 
 def encode_payload(payload: BrokerPayload) -> bytes:
@@ -54,6 +68,9 @@ def encode_payload(payload: BrokerPayload) -> bytes:
         obj["channel"] = payload.channel
         if payload.exclude:
             obj["exclude"] = payload.exclude
+    if payload.offset:
+        obj["offset"] = payload.offset
+        obj["epoch"] = payload.epoch
     if payload.kind == "kick":
         obj["code"] = payload.code
         obj["reason"] = payload.reason
@@ -101,6 +118,16 @@ def decode_payload(raw: bytes) -> BrokerPayload:
             raise InvalidBrokerMessage("binary envelope is not base64") from None
     else:
         raise InvalidBrokerMessage("no envelope")
+    offset, epoch = obj.get("offset", ""), obj.get("epoch", "")
+    if offset != "" and (
+        not isinstance(offset, str)
+        or not (offset.isascii() and offset.isdigit())
+        or len(offset) > 19
+        or not isinstance(epoch, str)
+    ):
+        raise InvalidBrokerMessage("offset must be a decimal string, with a string epoch")
     if kind == "channel":
-        return BrokerPayload(kind, origin, envelope, channel=obj["channel"], exclude=obj.get("exclude", ""))
-    return BrokerPayload(kind, origin, envelope, tenant, identity)
+        return BrokerPayload(
+            kind, origin, envelope, channel=obj["channel"], exclude=obj.get("exclude", ""), offset=offset, epoch=epoch
+        )
+    return BrokerPayload(kind, origin, envelope, tenant, identity, offset=offset, epoch=epoch)

@@ -17,16 +17,17 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.event import Event
 
-from .app import App
+from .app import App, personal_since
 from .auth import AnonymousAuthenticator, Authenticator
 from .broker.base import Broker
 from .broker.local import LocalBroker
 from .channels import Namespaces, check_channel
 from .codec import Codec, JSONCodec
 from .config import Config
-from .delivery import Fanout, Reach
+from .delivery import Fanout, Reach, stamp_message
 from .errors import AlreadyStarted, RealtimeClosed, SessionClosed, quote
 from .gate import Admitted, Gate, Refused
+from .history.base import History
 from .hub import Hub
 from .ids import IdGenerator, random_id
 from .lifecycle import Closing, Lifecycle
@@ -69,6 +70,7 @@ class Realtime(App):
         logger: logging.Logger | None = None,
         id_generator: IdGenerator | None = None,
         events: KombuEvents | None = None,
+        history: History | None = None,
     ) -> None:
         config = config if config is not None else Config()
         logger = logger or logging.getLogger("rtgevent")
@@ -78,6 +80,8 @@ class Realtime(App):
             presence if presence is not None else MemoryPresence(),
             config.node_id,
             Hub(),
+            history,
+            self._report_unbound,
         )
         self.node = Node(config, fanout, stats=stats, report=self._report_unbound, logger=logger, events=events)
         rooms = Rooms(config, fanout, Namespaces(), self.node.receive, self._report_unbound)
@@ -119,14 +123,14 @@ class Realtime(App):
         try:
             acquired = acquire(environ, start_response, verdict.accept)
             try:
-                self._serve(acquired, verdict, environ.get("REMOTE_ADDR", ""))
+                self._serve(acquired, verdict, environ.get("REMOTE_ADDR", ""), environ.get("QUERY_STRING", ""))
             finally:
                 acquired.release()
         finally:
             self.gate.leave()
         return []
 
-    def _serve(self, acquired: Acquired, admitted: Admitted, remote_addr: str) -> None:
+    def _serve(self, acquired: Acquired, admitted: Admitted, remote_addr: str, query: str = "") -> None:
         """Run one session in this (the WSGI request's) greenlet until it ends."""
         config = self.config
         conn = Connection(
@@ -141,6 +145,8 @@ class Realtime(App):
             stats=self.counters,
         )
         session = self.new_session(conn, admitted.identity, remote_addr)
+        if config.identity_history_size:
+            session.resume = personal_since(query)
         life = Lifecycle(in_band=admitted.in_band)
         auth_timer: Any = None
 
@@ -192,6 +198,12 @@ class Realtime(App):
         self._check_open()
         check_channel(channel)
         skip = exclude.id if isinstance(exclude, Session) else (exclude or "")
+        options = self.rooms.namespaces.options(channel)
+        if options.history_size:
+            assert options.history_ttl is not None
+            stamp = stamp_message(self.codec, route, data, {"channel": channel})
+            delivered, _ = self.fanout.publish_stream(channel, stamp, skip, options.history_size, options.history_ttl)
+            return delivered
         envelope = self.codec.encode(Message(route, data, metadata={"channel": channel}))
         return self.fanout.publish(channel, envelope, skip)
 
@@ -206,6 +218,14 @@ class Realtime(App):
         if not self._caller.in_hub_thread():
             return self._caller.call(self.send_to_identity, tenant_id, identity_id, route, data)
         self._check_open()
+        config = self.config
+        if config.identity_history_size:
+            assert config.identity_history_ttl is not None
+            stamp = stamp_message(self.codec, route, data, {})
+            reach, _ = self.fanout.to_identity_stream(
+                tenant_id, identity_id, stamp, config.identity_history_size, config.identity_history_ttl
+            )
+            return reach  # kept in the personal stream: a session that reconnects gets it
         reach = self.fanout.to_identity(tenant_id, identity_id, self.codec.encode(Message(route, data)))
         if not reach:
             raise SessionClosed(f"no live session took the message for {quote(tenant_id)}/{quote(identity_id)}")

@@ -14,6 +14,11 @@ A subscription that is still being confirmed when a second session joins makes t
 one wait for the same confirmation; one whose channel emptied meanwhile is dropped as soon
 as it is confirmed.
 
+History (namespace ``history_size``): a joining session is made to catch up (`Streams`)
+between joining the hub and the broker's confirmation on one side and its first live
+publication on the other: what it missed after its ``since`` position is read from history
+once the node is sure to receive every newer publication, so nothing falls between.
+
 Namespace options: with ``presence`` a session that joins is made a member in the presence
 store (`Presence.channel_join`, cluster-wide, leased with this node) and one that
 unsubscribes leaves it (`Presence.channel_leave`); a closing session leaves every channel
@@ -36,7 +41,9 @@ from .codec import Codec, JSONCodec
 from .config import Config
 from .delivery import Fanout
 from .errors import LimitExceeded
+from .history.base import Position, Recovery
 from .message import Message
+from .streams import channel_stream
 
 if TYPE_CHECKING:
     from .session import Session
@@ -102,8 +109,12 @@ class Rooms:
 
     # ------------------------------------------------------------------ ChannelHost
 
-    def subscribe(self, session: Session, channel: str) -> None:
+    def subscribe(self, session: Session, channel: str, since: Position | None = None) -> Recovery | None:
+        """Join ``channel``; for a channel with history, what the session got back (see `join`)."""
         check_channel(channel)
+        options = self.namespaces.options(channel)
+        streams = self._fanout.streams if options.history_size else None
+        stream = channel_stream(channel)
         joining = channel not in session.channels
         if joining:
             if len(session.channels) >= self._config.max_channels_per_session:
@@ -113,11 +124,22 @@ class Rooms:
             bound = self.namespaces.options(channel).max_subscribers
             if bound is not None and self._hub.channel_size(channel) >= bound:
                 raise LimitExceeded("max_subscribers", f"the channel has {bound} subscribers on this node")
+            if streams is not None:
+                streams.begin(stream, session)  # what arrives from now on is kept until it caught up
             self._hub.join(session, channel)
             session.joined(channel)
         self._open(channel)
+        recovery = None
+        if streams is not None:
+            if not joining:
+                position = streams.history.position(stream)
+                recovery = Recovery([], position.offset, position.epoch, False)
+            elif channel in session.channels:
+                # subscribed to live publications first, history read second: nothing falls between
+                recovery = streams.finish(stream, session, since, options.history_size)
         if joining and channel in session.channels:  # not left (or closed) while the broker confirmed
             self._announce(session, channel, joined=True, presence=True)
+        return recovery
 
     def unsubscribe(self, session: Session, channel: str) -> None:
         self._leave(session, channel, presence=True)
@@ -146,8 +168,13 @@ class Rooms:
         if channel not in session.channels:
             return
         session.left(channel)
+        streams = self._fanout.streams
+        if streams is not None:
+            streams.abandon(channel_stream(channel), session)
         if self._hub.leave(session, channel):
             self._close(channel)
+            if streams is not None:
+                streams.forget(channel_stream(channel))
         self._announce(session, channel, joined=False, presence=presence)
 
     def _announce(self, session: Session, channel: str, *, joined: bool, presence: bool) -> None:

@@ -58,7 +58,7 @@ class Transport(Protocol):
 class ChannelHost(Protocol):
     """Who keeps a session's channels: the core (``App``), which checks, counts and routes."""
 
-    def subscribe(self, session: Session, channel: str) -> None: ...
+    def subscribe(self, session: Session, channel: str) -> object: ...
 
     def unsubscribe(self, session: Session, channel: str) -> None: ...
 
@@ -82,6 +82,7 @@ class Session:
         "identity",
         "node_id",
         "remote_addr",
+        "resume",
         "sequence",
         "state",
     )
@@ -110,6 +111,8 @@ class Session:
         #: this login's number among the identity's, from presence (the highest is the
         #: newest); None until registered, 0 when presence could not register it
         self.sequence: int | None = None
+        #: the personal stream position the client came back with (``since``), if any
+        self.resume: tuple[int, str] | None = None
         self._conn = conn
         self._codec = codec
         self._info: DisconnectInfo | None = None

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rtgevent"
 #: the house from the ground up: a room imports rooms of its own floor or below, never above
 FLOORS: list[set[str]] = [
     {"errors"},
-    {"types", "config", "message", "ids", "retry", "stats", "payload", "router", "lifecycle", "channels"},
+    {"types", "config", "message", "ids", "retry", "stats", "payload", "router", "lifecycle", "channels", "history.base"},
     {
         "codec",
         "outbox",
@@ -29,9 +29,10 @@ FLOORS: list[set[str]] = [
         "presence.base",
         "broker.local",
         "presence.memory",
+        "history.memory",
     },
-    {"transport.acquire", "transport.connection", "session", "hub", "middleware", "broker._consumer"},
-    {"broker.redis", "broker.kombu", "broker", "presence.redis", "presence", "events"},
+    {"transport.acquire", "transport.connection", "session", "hub", "middleware", "broker._consumer", "streams"},
+    {"broker.redis", "broker.kombu", "broker", "presence.redis", "presence", "events", "history.redis", "history"},
     {"delivery", "gate", "rooms"},
     {"app", "node", "emitter"},
     {"realtime", "testing", "flask", "metrics", "client"},
@@ -52,6 +53,7 @@ PURE = {
     "payload",
     "stats",
     "channels",
+    "history.base",
     "transport.frames",
     "transport.handshake",
     "transport.assembler",
@@ -183,7 +185,7 @@ def test_only_transport_touches_sockets() -> None:
 
 def test_kombu_and_redis_stay_in_their_rooms() -> None:
     """kombu only in broker/kombu.py and events.py; redis only in the Redis rooms and retry's client builder."""
-    allowed = {"kombu": {"broker.kombu", "events"}, "redis": {"broker.redis", "presence.redis", "retry"}}
+    allowed = {"kombu": {"broker.kombu", "events"}, "redis": {"broker.redis", "presence.redis", "history.redis", "retry"}}
     wrong = [
         f"{name}:{line} imports {imported}"
         for name in MODULES

@@ -85,16 +85,19 @@ class Stamp:
     survive encoding (a codec that drops metadata), is one literal: it renders as it is.
     """
 
-    __slots__ = ("epoch_token", "offset_token", "parts")
+    __slots__ = ("epoch_token", "offset_token", "parts", "text")
 
     def __init__(self) -> None:
         token = secrets.token_hex(8)
         self.offset_token = f"rtgo{token}"
         self.epoch_token = f"rtge{token}"
         self.parts: tuple[str | bytes, ...] = ("",)
+        #: the text as encoded, tokens and all
+        self.text: str | bytes = ""
 
     def cut(self, text: str | bytes) -> Stamp:
         """Cut ``text`` at this stamp's tokens (which it must have been encoded with); returns self."""
+        self.text = text
         if isinstance(text, bytes):
             self.parts = (text,)
             return self
@@ -103,6 +106,12 @@ class Stamp:
             pieces[i] = OFFSET if pieces[i] == self.offset_token else EPOCH
         self.parts = tuple(pieces)
         return self
+
+    def sibling(self, text: str | bytes) -> Stamp:
+        """Another text encoded with this stamp's tokens (the broker payload around an envelope)."""
+        other = Stamp.__new__(Stamp)
+        other.offset_token, other.epoch_token = self.offset_token, self.epoch_token
+        return other.cut(text)
 
     def render(self, offset: int, epoch: str) -> str | bytes:
         """The text with the offset and the epoch in their slots."""
