@@ -87,6 +87,8 @@ class Streams:
     def admit(self, stream: str, offset: int, epoch: str, envelope: str | bytes) -> list[Publication]:
         """What this node delivers now for one arrival on ``stream``, in order (maybe nothing)."""
         top = self._tops.get(stream)
+        if top is not None and not top.epoch and not top.offset:
+            top.epoch = epoch  # the stream did not exist when this node looked: it starts at 1
         if top is None or top.epoch != epoch:
             self._tops[stream] = _Top(offset, epoch)
             return [Publication(offset, envelope)]
@@ -107,9 +109,13 @@ class Streams:
         return out
 
     def deliver(self, stream: str, publications: list[Publication], sessions: list[Session]) -> int:
-        """Push ``publications`` (from `admit`) to ``sessions``; catching-up ones keep them."""
+        """Push ``publications`` (from `admit`) to ``sessions``; catching-up ones keep them.
+
+        Returns how many sessions took the last of them.
+        """
         if not publications:
             return 0
+        delivered = 0
         catching = self._catching.get(stream)
         if catching:
             sessions = [s for s in sessions if s not in catching]
@@ -121,13 +127,13 @@ class Streams:
                 if rest:  # this node is past what history gave the session: it is live now
                     del catching[session]
                     for p in rest:
-                        self._push([session], p.envelope)
+                        took = self._push([session], p.envelope)
+                    delivered += took
             if not catching:
                 del self._catching[stream]
-        delivered = 0
         for p in publications:
-            delivered = self._push(sessions, p.envelope)
-        return delivered
+            took = self._push(sessions, p.envelope)
+        return delivered + took
 
     def forget(self, stream: str) -> None:
         """This node has no session of ``stream`` any more."""
@@ -186,13 +192,14 @@ class Streams:
         """The session has everything up to ``last``: it is live, or waits for this node to pass it.
 
         A node that has delivered nothing of the stream yet starts from there: history just
-        said the stream stands at least at ``last``, so a later jump past it is a gap to fill.
+        said the stream stands at least at ``last`` (0 with no epoch: it did not exist), so a
+        later jump past it is a gap to fill.
         """
         catching = self._catching.get(stream)
         if catching is None or session not in catching:
             return
         top = self._tops.get(stream)
-        if top is None and epoch:
+        if top is None:
             top = self._tops[stream] = _Top(last, epoch)
         if top is not None and top.offset >= last:
             self.abandon(stream, session)

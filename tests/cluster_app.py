@@ -5,7 +5,11 @@ unique to the test, presence_ttl, session_policy.  Clients authenticate with
 ``?access_token=<identity>`` (tenant ``acme``).  ``/_control/...`` lets the test act on
 this node and read what its broker consumer received.  Channels starting with ``live:``
 keep presence and tell their subscribers who joins and leaves (``rt.join`` / ``rt.leave``);
-``seen:`` ones keep presence only; every other channel neither.
+``seen:`` ones keep presence only; ``hist:`` ones keep history (``history_size``, 2,000 by
+default, for 300 s) in the store at ``history`` (a URL; each node's memory without one),
+which also keeps every identity's personal stream when ``identity_history`` (a size) is set;
+every other channel none of these.  With a ``history`` store the broker is not wrapped in
+`CountingBroker`, so a `RedisHistory` on the broker's Redis publishes in its append script.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from rtgevent import BearerTokenAuthenticator, ChannelOptions, Config, Identity,
 from rtgevent.broker import Broker, broker_from_url
 from rtgevent.broker.base import BrokerHandler, Subscription
 from rtgevent.errors import RealtimeError
+from rtgevent.history import history_from_url
 from rtgevent.payload import decode_payload
 from rtgevent.presence import presence_from_url
 from rtgevent.types import DisconnectInfo
@@ -53,7 +58,9 @@ class CountingBroker:
 def make_node() -> Callable[..., Iterable[bytes]]:
     spec = json.loads(os.environ["RTG_CLUSTER"])
     namespace = spec["namespace"]
-    broker = CountingBroker(broker_from_url(spec["broker"], namespace=namespace))
+    raw_broker = broker_from_url(spec["broker"], namespace=namespace)
+    history = history_from_url(spec["history"], namespace=namespace) if spec.get("history") else None
+    broker: Any = raw_broker if history is not None else CountingBroker(raw_broker)
     presence = presence_from_url(spec["presence"], ttl=spec.get("presence_ttl", 90), namespace=namespace)
     events = None
     if spec.get("events_queue"):
@@ -65,12 +72,16 @@ def make_node() -> Callable[..., Iterable[bytes]]:
             presence_ttl=spec.get("presence_ttl", 90),
             session_policy=spec.get("session_policy", "multi"),
             heartbeat_interval=None,
+            identity_history_size=spec.get("identity_history", 0),
+            identity_history_ttl=300 if spec.get("identity_history") else None,
         ),
         authenticator=BearerTokenAuthenticator(lambda token: Identity(token, tenant_id="acme")),
         broker=broker,
         presence=presence,
         events=events,
+        history=history,
     )
+    rt.channel_namespace("hist:", ChannelOptions(history_size=spec.get("history_size", 2000), history_ttl=300))
     rt.channel_namespace("live:", ChannelOptions(presence=True, join_leave=True))
     rt.channel_namespace("seen:", ChannelOptions(presence=True))
     disconnects: list[dict[str, Any]] = []
@@ -117,7 +128,7 @@ def make_node() -> Callable[..., Iterable[bytes]]:
         if action == "hub_channels":
             return sorted(rt.hub.channels())
         if action == "counts":
-            return dict(broker.received)
+            return dict(broker.received) if isinstance(broker, CountingBroker) else {}
         if action == "node":
             return {"node": rt.node_id, "sessions": len(rt.sessions())}
         if action == "disconnects":

@@ -13,14 +13,22 @@
  *   sub.on("join", (info) => ...);                  // rt.join / rt.leave of others: {channel, session_id, identity_id}
  *   sub.on("leave", (info) => ...);
  *   sub.on("subscribed", (reply) => ...);           // every confirmation, the ones after a reconnect too
+ *   sub.on("recovery_failed", (info) => ...);       // {channel, offset, epoch}: a reconnect (or a given
+ *                                                   // since) could not get back what was missed: reload
  *   sub.on("error", (err) => ...);                  // a refusal (the subscription ends), or a transient
  *                                                   // "unavailable" (it is retried)
  *   sub.state;        // "pending" | "subscribed" (on the current connection) | "unsubscribed"
  *   sub.active;       // false once unsubscribed, refused or the client closed; sub.reply: the last reply
- *   sub.position;     // {offset, epoch} of the last publication seen (history), or null
+ *   sub.position;     // {offset, epoch} where the client stands in the channel's stream (read-only):
+ *                     // the last publication delivered, or the reply's position before any; null
+ *                     // before the first reply. {offset: 0, epoch: ""} for a channel without history
  *   sub.unsubscribe();                              // a Promise, resolved once the server confirmed
  *   rt.subscriptions();                             // the live Subscription objects
  *   rt.subscribe("doc.7", fn, {since: {offset: 17, epoch: "k3f9"}});   // recover from a known position
+ *
+ *   rt.on("rt.recovery_failed", (info) => ...);     // {channel (null: the personal stream), offset, epoch}
+ *   rt.personalPosition;                            // {offset, epoch} of the personal stream, or null
+ *   RTGevent.connect("/ws", {token: "...", since: {offset: 5, epoch: "ab12"}});  // a known personal position
  *   rt.close();
  *
  * Why it does what it does:
@@ -41,9 +49,29 @@
  * - Subscriptions belong to the client, not to one connection: after every (re)connect the
  *   client sends rt.subscribe again for every live subscription by itself, before the queued
  *   messages (a queued message to a channel finds the session in it), passing
- *   since: {offset, epoch} when it knows the channel's position (the last metadata.offset /
- *   metadata.epoch of a publication; the reply's offset when the reply names a new epoch).
- *   subscribe() never queues: it is sent now if the connection is open, else on the next open.
+ *   since: {offset, epoch}, the channel's position (below), so that the server sends what was
+ *   published meanwhile before the reply. subscribe() never queues: it is sent now if the
+ *   connection is open, else on the next open. A since given to subscribe() is where a channel
+ *   not subscribed yet starts from; a channel already subscribed keeps its own position.
+ * - Each publication once, in order, across reconnects (history: SPEC section 14). The client
+ *   keeps, per stream (each channel, and the personal stream: envelopes with metadata.offset
+ *   and metadata.epoch but no channel), the last {offset, epoch} it handed to the application.
+ *   One in the same epoch at or below that offset is a duplicate (a replay overlapping what
+ *   came before the drop) and is dropped. A subscribe reply / rt.personal sets the position
+ *   when none is kept yet or when it names another epoch (the store lost the stream). The
+ *   personal position goes with every new connection: ?since=<offset>:<epoch> in the URL (one
+ *   since parameter given in the URL is replaced), or {token, since} as the rt.auth data with
+ *   {tokenIn: "message"}. Since {offset: 0, epoch: ""} means "seen nothing yet": the stream's
+ *   first publications are recovered too.
+ * - A reply that says recovered: false to a since means history could not give back everything
+ *   missed (a new epoch, trimmed, expired): "rt.recovery_failed" goes to on() handlers with
+ *   {channel, offset, epoch} (where the stream stands now; channel null for the personal
+ *   stream), and for a channel "recovery_failed" to its subscriptions, before their
+ *   "subscribed"; the application reloads its state. The position becomes the reply's (unless
+ *   publications came meanwhile). "Seen nothing" answered by a stream that holds nothing (a
+ *   channel without history, an empty stream) lost nothing: no event.
+ * - With {tokenIn: "message"} envelopes that arrive before the rt.auth reply (the personal
+ *   stream's replay and rt.personal) are dispatched, in order, right after it.
  *   sub.ready settles on the first answer; it rejects with "unsubscribed" when unsubscribe()
  *   came first, "closed" when the client closed first.
  * - An envelope whose metadata names a channel this client subscribed to (for rt.join /
@@ -71,6 +99,8 @@
   var UNSUBSCRIBE = "rt.unsubscribe";
   var JOIN = "rt.join";
   var LEAVE = "rt.leave";
+  var PERSONAL = "rt.personal";
+  var RECOVERY_FAILED = "rt.recovery_failed";
   // rt.error codes of rt.subscribe that say "not now" rather than "no": retried
   var TRANSIENT = {unavailable: true, timeout: true};
 
@@ -86,7 +116,8 @@
     stableAfter: 5000,      // a connection open this long resets the backoff
     queueSize: 256,         // messages kept while disconnected
     requestTimeout: 10000,  // default request() timeout, ms; 0: none
-    reconnect: true
+    reconnect: true,
+    since: null             // {offset, epoch}: the personal stream's position to start from
   };
 
   function rtError(code, message, data) {
@@ -115,6 +146,71 @@
     return url + sep + encodeURIComponent(param) + "=" + encodeURIComponent(token);
   }
 
+  /** ``url`` with the query parameter ``name`` set to ``value``: any earlier one is dropped. */
+  function withParam(url, name, value) {
+    var q = url.indexOf("?");
+    var parts = q === -1 ? [] : url.slice(q + 1).split("&");
+    var kept = [];
+    for (var i = 0; i < parts.length; i++) {
+      var key = parts[i].split("=")[0];
+      try {
+        key = decodeURIComponent(key.replace(/\+/g, " "));
+      } catch (err) {
+        // not percent-encoded properly: not ours to touch, compared as it is
+      }
+      if (parts[i] !== "" && key !== name) kept.push(parts[i]);
+    }
+    kept.push(encodeURIComponent(name) + "=" + encodeURIComponent(value));
+    return (q === -1 ? url : url.slice(0, q)) + "?" + kept.join("&");
+  }
+
+  // ------------------------------------------------------------------ stream positions
+
+  /** A {offset, epoch} given by the application (a since), or null if it is not one. */
+  function givenPosition(since) {
+    if (!since || since.offset === undefined || since.offset === null || typeof since.epoch !== "string") return null;
+    var offset = Number(since.offset);
+    return isFinite(offset) && offset >= 0 ? {offset: offset, epoch: since.epoch} : null;
+  }
+
+  /** The position an envelope's metadata carries (offset and epoch, strings on the wire), or null. */
+  function positionOf(meta) {
+    if (meta.offset === undefined || meta.offset === null || meta.offset === "") return null;
+    if (meta.epoch === undefined || meta.epoch === null) return null;
+    return {offset: Number(meta.offset), epoch: String(meta.epoch)};
+  }
+
+  /** A publication at ``pos`` is new unless it is in the kept epoch at or below the kept offset. */
+  function isNew(kept, pos) {
+    return kept === null || kept.epoch !== pos.epoch || pos.offset > kept.offset;
+  }
+
+  /**
+   * Did a reply (rt.subscribe's, rt.personal) to a request that brought ``asked`` (or null)
+   * say history could not give everything back? "Seen nothing" (offset 0, epoch "") answered
+   * by a stream without an epoch (no history, nothing published yet) lost nothing.
+   */
+  function recoveryFailed(asked, reply) {
+    if (asked === null || reply.recovered !== false) return false;
+    return !(asked.offset === 0 && asked.epoch === "" && !reply.epoch);
+  }
+
+  /**
+   * The position to keep after such a reply: the reply's when nothing was kept or it names
+   * another epoch; also when recovery failed and nothing came since the request (the client
+   * then stands where the stream stands); else the kept one, which publications of this
+   * connection may have moved past the reply's.
+   */
+  function afterReply(kept, asked, reply, failed) {
+    var there = {offset: Number(reply.offset) || 0, epoch: typeof reply.epoch === "string" ? reply.epoch : ""};
+    if (kept === null || kept.epoch !== there.epoch || (failed && kept === asked)) return there;
+    return kept;
+  }
+
+  function copy(pos) {
+    return pos === null ? null : {offset: pos.offset, epoch: pos.epoch};
+  }
+
   function Client(url, options) {
     this.url = resolveUrl(url);
     this.options = {};
@@ -132,7 +228,9 @@
     this._stableTimer = null;
     this._closedByUser = false;
     this._authenticated = false;
-    this._channels = {};      // channel -> {subs, state, gen, reply, offset, epoch, leaving, retry, retries}
+    this._channels = {};      // channel -> {subs, state, gen, reply, position, leaving, retry, retries}
+    this._personal = givenPosition(this.options.since);  // the personal stream's {offset, epoch}, or null
+    this._personalAsked = null;  // the position the current connection brought (null: none)
     var self = this;
     this._onOnline = function () { if (self._retryTimer !== null) self._retryNow(); };
     if (root.addEventListener) root.addEventListener("online", this._onOnline);
@@ -182,6 +280,11 @@
 
   Object.defineProperty(Client.prototype, "connected", {
     get: function () { return this.state === "open"; }
+  });
+
+  /** {offset, epoch} of the personal stream (the last message delivered, or rt.personal's), or null. */
+  Object.defineProperty(Client.prototype, "personalPosition", {
+    get: function () { return copy(this._personal); }
   });
 
   /** Send a message; queued while disconnected. True if it went out now. */
@@ -256,6 +359,10 @@
     var token = this._token();
     var inBand = this.options.tokenIn === "message";
     var url = inBand ? this.url : withToken(this.url, this.options.tokenParam, token);
+    // the personal stream's position: the server replays what came after it, then rt.personal
+    var asked = this._personalAsked = this._personal;
+    if (asked !== null && !inBand) url = withParam(url, "since", asked.offset + ":" + asked.epoch);
+    var early = [];  // in-band: envelopes before the rt.auth reply, dispatched right after it
     var ws;
     try {
       ws = new WebSocket(url, this.options.protocols);
@@ -267,7 +374,8 @@
     ws.onopen = function () {
       if (self._ws !== ws) return;
       if (inBand) {
-        ws.send(JSON.stringify({id: "auth", route: AUTH, data: token}));
+        var auth = asked === null ? token : {token: token, since: copy(asked)};
+        ws.send(JSON.stringify({id: "auth", route: AUTH, data: auth}));
         return;  // "open" once rt.auth is answered
       }
       self._opened();
@@ -285,8 +393,13 @@
         if (msg.route === REPLY) {
           self._authenticated = true;
           self._opened();
+          // the session opened before the reply was sent: its personal replay came first
+          for (var i = 0; i < early.length && self._ws === ws; i++) self._dispatch(early[i]);
+          early = [];
         } else if (msg.route === ERROR) {
           self._emit(ERROR, msg.data, msg);
+        } else {
+          early.push(msg);
         }
         return;
       }
@@ -326,6 +439,16 @@
         if (ch.subs.length) this._deliver(ch, msg, meta);
         return;  // a channel being unsubscribed: its last publications are dropped
       }
+      if (channel === undefined) {
+        var pos = positionOf(meta);
+        if (pos !== null) {
+          // the personal stream
+          if (!isNew(this._personal, pos)) return;  // delivered before the reconnect
+          this._personal = pos;
+        } else if (msg.route === PERSONAL && msg.data && typeof msg.data === "object") {
+          this._personalReply(msg.data);
+        }
+      }
     } else {
       var id = meta.in_reply_to;
       var error = null;
@@ -356,14 +479,11 @@
     if (ch === undefined) {
       ch = this._channels[channel] = {
         name: channel, subs: [], state: "idle", gen: 0, reply: null,
-        offset: null, epoch: null, leaving: 0, retry: null, retries: 0
+        position: null, leaving: 0, retry: null, retries: 0
       };
     }
-    var since = opts && opts.since;
-    if (since && since.offset !== undefined && since.offset !== null && typeof since.epoch === "string") {
-      ch.offset = Number(since.offset);
-      ch.epoch = since.epoch;
-    }
+    // where a new channel starts from; one already subscribed keeps where it is
+    if (ch.position === null) ch.position = givenPosition(opts && opts.since);
     ch.subs.push(sub);
     if (ch.state === "subscribed") {
       var reply = ch.reply;
@@ -387,10 +507,11 @@
     var gen = ++ch.gen;
     var id = "s" + this._nextId++;
     var data = {channel: ch.name};
-    if (ch.offset !== null && ch.epoch) data.since = {offset: ch.offset, epoch: ch.epoch};
+    var asked = ch.position;  // publications replace ch.position: "nothing came since" is asked === ch.position
+    if (asked !== null) data.since = copy(asked);
     ch.state = "pending";
     this._pending[id] = {
-      resolve: function (reply) { if (ch.gen === gen) self._subscribed(ch, reply); },
+      resolve: function (reply) { if (ch.gen === gen) self._subscribed(ch, reply, asked); },
       reject: function (err) { if (ch.gen === gen) self._subscribeFailed(ch, err); },
       timer: null,
       sent: true
@@ -398,18 +519,32 @@
     this._ws.send(JSON.stringify({id: id, route: SUBSCRIBE, data: data}));
   };
 
-  Client.prototype._subscribed = function (ch, reply) {
+  Client.prototype._subscribed = function (ch, reply, asked) {
     ch.state = "subscribed";
     ch.reply = reply;
     ch.retries = 0;
-    // Without history the epoch is "": nothing to recover from. A new epoch (the stream was
-    // reset) replaces what the client knew; in the same epoch the publications set the offset.
-    if (reply && typeof reply.epoch === "string" && reply.epoch && reply.epoch !== ch.epoch) {
-      ch.epoch = reply.epoch;
-      ch.offset = Number(reply.offset) || 0;
+    var failure = null;
+    if (reply && typeof reply === "object") {
+      var failed = recoveryFailed(asked, reply);
+      ch.position = afterReply(ch.position, asked, reply, failed);
+      if (failed) failure = {channel: ch.name, offset: Number(reply.offset) || 0, epoch: String(reply.epoch || "")};
     }
+    if (failure !== null) this._emit(RECOVERY_FAILED, failure);
     var subs = ch.subs.slice();
-    for (var i = 0; i < subs.length; i++) subs[i]._confirmed(reply);
+    for (var i = 0; i < subs.length; i++) {
+      if (failure !== null) emit(subs[i]._handlers, "recovery_failed", failure);
+      subs[i]._confirmed(reply);
+    }
+  };
+
+  /** rt.personal: where the personal stream stands, and whether the replay was complete. */
+  Client.prototype._personalReply = function (data) {
+    var asked = this._personalAsked;
+    var failed = recoveryFailed(asked, data);
+    this._personal = afterReply(this._personal, asked, data, failed);
+    if (failed) {
+      this._emit(RECOVERY_FAILED, {channel: null, offset: Number(data.offset) || 0, epoch: String(data.epoch || "")});
+    }
   };
 
   Client.prototype._subscribeFailed = function (ch, err) {
@@ -443,7 +578,7 @@
     var wasOn = ch.state !== "idle";
     ch.state = "idle";
     ch.gen++;  // an answer still on its way to the rt.subscribe is stale now
-    ch.offset = ch.epoch = ch.reply = null;
+    ch.position = ch.reply = null;
     if (ch.retry !== null) {
       clearTimeout(ch.retry);
       ch.retry = null;
@@ -474,9 +609,12 @@
       event = "join";
     } else if (msg.route === LEAVE) {
       event = "leave";
-    } else if (meta.offset !== undefined && meta.offset !== null && meta.offset !== "") {
-      ch.offset = Number(meta.offset);
-      if (meta.epoch) ch.epoch = String(meta.epoch);
+    } else {
+      var pos = positionOf(meta);
+      if (pos !== null) {
+        if (!isNew(ch.position, pos)) return;  // handed over before the reconnect: once only
+        ch.position = pos;
+      }
     }
     var subs = ch.subs.slice();
     for (var i = 0; i < subs.length; i++) emit(subs[i]._handlers, event, msg.data, msg);
@@ -509,7 +647,8 @@
 
   /**
    * One subscription of a channel (Client.subscribe makes them). Events, with sub.on(name, fn):
-   * "publication" (data, msg), "join" / "leave" (info, msg), "subscribed" (reply), "error" (err).
+   * "publication" (data, msg), "join" / "leave" (info, msg), "subscribed" (reply),
+   * "recovery_failed" ({channel, offset, epoch}), "error" (err).
    */
   function Subscription(client, channel) {
     var self = this;
@@ -547,11 +686,11 @@
     }
   });
 
-  /** {offset, epoch} of the last publication seen (history), or null. */
+  /** {offset, epoch} where the client stands in the channel's stream (a copy), or null before any reply. */
   Object.defineProperty(Subscription.prototype, "position", {
     get: function () {
-      var ch = this.client._channels[this.channel];
-      return ch && ch.offset !== null && ch.epoch ? {offset: ch.offset, epoch: ch.epoch} : null;
+      var ch = this.active ? this.client._channels[this.channel] : undefined;
+      return ch ? copy(ch.position) : null;
     }
   });
 
