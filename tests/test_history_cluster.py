@@ -10,11 +10,15 @@ its personal stream.
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 import websocket
 
@@ -182,3 +186,119 @@ def test_a_client_that_moves_to_another_node_gets_what_it_missed_once_in_order(c
     live = publications(back, 1)
     assert (live[0]["data"], int(live[0]["metadata"]["offset"])) == ("live", 26)
     back.close()
+
+
+_OFFSET = re.compile(r'"offset":"(\d+)"')
+
+
+class StormClient:
+    """One of many subscribers: a greenlet that reads, and reconnects with its last position."""
+
+    def __init__(self, index: int, channel: str, targets: Callable[[int], list[str]]) -> None:
+        self.index = index
+        self.channel = channel
+        self.targets = targets
+        self.offsets: list[int] = []
+        self.epoch = ""
+        self.replies: list[dict[str, Any]] = []
+        self.reconnected = gevent.event.Event()
+        self.subscribed = gevent.event.Event()
+        self.done = False
+        self.greenlet = gevent.spawn(self.run)
+
+    def run(self) -> None:
+        attempt = 0
+        while not self.done:
+            urls = self.targets(attempt + self.index)
+            try:
+                ws = websocket.create_connection(f"{urls[0]}/?access_token=u{self.index}", timeout=WAIT * 3)
+            except OSError:
+                attempt += 1
+                gevent.sleep(0.05 * min(attempt, 10))  # a reconnect backoff, not a wait for an event
+                continue
+            try:
+                self.session(ws)
+            except (OSError, websocket.WebSocketException):
+                attempt += 1
+            finally:
+                ws.close()
+
+    def session(self, ws: websocket.WebSocket) -> None:
+        data: dict[str, Any] = {"channel": self.channel}
+        if self.replies:
+            data["since"] = {
+                "offset": self.offsets[-1] if self.offsets else self.replies[-1]["offset"],
+                "epoch": self.epoch,
+            }
+        ws.send(json.dumps({"id": "s", "route": "rt.subscribe", "data": data}))
+        while not self.done:
+            frame = ws.recv()
+            if not frame:
+                raise websocket.WebSocketConnectionClosedException("closed")
+            found = _OFFSET.search(frame)
+            if found is not None and '"route":"pub"' in frame:
+                self.offsets.append(int(found.group(1)))
+                if not self.epoch:
+                    self.epoch = json.loads(frame)["metadata"]["epoch"]
+            elif '"rt.reply"' in frame:
+                reply = json.loads(frame)["data"]
+                self.replies.append(reply)
+                self.epoch = self.epoch or reply["epoch"]
+                (self.reconnected if len(self.replies) > 1 else self.subscribed).set()
+
+
+def test_a_reconnect_storm_after_a_node_is_killed_loses_and_repeats_nothing(cluster) -> None:
+    """1,000 subscribers on node A, an Emitter publishing 200/s; A is SIGKILLed and started again;
+    every client reconnects (to the new A or to B) and ends with every publication once, in order."""
+    namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
+    a, b = cluster(2, broker=BROKERS["redis"], namespace=namespace, history=REDIS)
+    channel = f"hist:storm-{uuid.uuid4().hex[:6]}"
+    nodes: dict[str, ServeProcess] = {"a": a, "b": b}
+
+    def targets(n: int) -> list[str]:
+        return [nodes["a" if n % 2 else "b"].ws_base]
+
+    clients = [StormClient(i, channel, lambda n: [a.ws_base]) for i in range(1000)]
+    for client in clients:
+        assert client.subscribed.wait(WAIT * 3), f"client {client.index} not subscribed"
+    for client in clients:
+        client.targets = targets
+    published = [0]
+    stop = gevent.event.Event()
+
+    def publish() -> None:
+        with Emitter(BROKERS["redis"], REDIS, namespace=namespace, history_url=REDIS) as emitter:
+            emitter.channel_namespace("hist:", ChannelOptions(history_size=2000, history_ttl=300))
+            started = time.monotonic()
+            while not stop.is_set() and published[0] < 600:
+                emitter.publish(channel, "pub", published[0])
+                published[0] += 1
+                ahead = started + published[0] / 200 - time.monotonic()
+                if ahead > 0:
+                    stop.wait(ahead)  # paced at 200/s
+
+    publisher = gevent.spawn(publish)
+    wait_until(lambda: published[0] >= 150, what="the first publications")
+    a.kill()
+    killed = time.monotonic()
+    nodes["a"] = cluster(1, broker=BROKERS["redis"], namespace=namespace, history=REDIS)[0]
+    for client in clients:
+        assert client.reconnected.wait(WAIT * 3), f"client {client.index} did not reconnect"
+    recovered_in = time.monotonic() - killed
+    publisher.join(WAIT * 3)
+    total = published[0]
+    wait_until(
+        lambda: all(len(c.offsets) >= total for c in clients),
+        what="every client to get every publication",
+        timeout=WAIT * 6,
+    )
+    for client in clients:
+        client.done = True
+    for client in clients:
+        assert client.offsets == list(range(1, total + 1)), (client.index, client.offsets[:5], len(client.offsets))
+        assert client.replies[-1]["recovered"] is True, client.replies
+    print(
+        f"\n{len(clients)} clients, {total} publications at 200/s: all reconnected and recovered"
+        f" {recovered_in:.1f} s after the kill"
+    )
+    gevent.killall([c.greenlet for c in clients], timeout=WAIT)
