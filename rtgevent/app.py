@@ -36,7 +36,7 @@ from .errors import (
     UnknownRoute,
     quote,
 )
-from .history.base import Position, Recovery
+from .history.base import History, Position, Recovery
 from .ids import IdGenerator
 from .lifecycle import Closing, Ending, Lifecycle, disconnect_info
 from .lifecycle import Event as LifeEvent
@@ -174,6 +174,20 @@ class App:
         if self.fanout.publishing:
             raise AlreadyStarted("cannot replace the presence store of a started node")
         self.fanout.presence = presence
+
+    @property
+    def history(self) -> History:
+        """Where streams are kept (SPEC section 14): `MemoryHistory` unless one was given."""
+        return self.fanout.history
+
+    @history.setter
+    def history(self, history: History) -> None:
+        """Replace the history store before the node starts (``rtgevent serve --history`` does)."""
+        if self.fanout.publishing:
+            raise AlreadyStarted("cannot replace the history store of a started node")
+        self.fanout.history = history
+        if self.fanout.streams is not None:
+            self.fanout.streams.history = history
 
     # ------------------------------------------------------------------ registration
 

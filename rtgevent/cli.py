@@ -111,6 +111,7 @@ def _serve(
     header_timeout: float,
     broker: str | None = None,
     presence: str | None = None,
+    history: str | None = None,
 ) -> int:
     from .realtime import Realtime, instances
     from .transport.server import parse_bind
@@ -118,14 +119,15 @@ def _serve(
     host, port = parse_bind(bind)
     for rt in list(instances):
         if isinstance(rt, Realtime):
-            _connect(rt, broker, presence)
+            _connect(rt, broker, presence, history)
     serve(app, host, port, header_timeout=header_timeout, certfile=certfile, keyfile=keyfile)
     return 0
 
 
-def _connect(rt: Any, broker: str | None, presence: str | None) -> None:
-    """Apply ``--broker`` / ``--presence`` to a Realtime that was built with the in-process defaults."""
+def _connect(rt: Any, broker: str | None, presence: str | None, history: str | None = None) -> None:
+    """Apply ``--broker`` / ``--presence`` / ``--history`` to a Realtime built with the in-process defaults."""
     from .broker import broker_from_url
+    from .history import history_from_url
     from .presence import presence_from_url
 
     # only the in-process defaults are replaced: an application that chose a broker keeps it
@@ -133,6 +135,8 @@ def _connect(rt: Any, broker: str | None, presence: str | None) -> None:
         rt.broker = broker_from_url(broker)
     if presence and not getattr(rt.presence, "shared", True):
         rt.presence = presence_from_url(presence, ttl=rt.config.presence_ttl)
+    if history and not getattr(rt.history, "shared", True):
+        rt.history = history_from_url(history)
 
 
 def _data(text: str | None) -> Any:
@@ -208,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--broker", default=os.environ.get("RTGEVENT_BROKER_URL"), help="broker URL (amqp://, redis://)")
     serve.add_argument("--presence", default=os.environ.get("RTGEVENT_PRESENCE_URL"), help="presence URL (redis://)")
     serve.add_argument(
+        "--history", default=os.environ.get("RTGEVENT_HISTORY_URL"), help="history URL (redis://), for recovery"
+    )
+    serve.add_argument(
         "--header-timeout", type=float, default=10.0, help="seconds a client may take to send its request headers"
     )
     demo = sub.add_parser("demo", help="run the demo page, with embedded defaults")
@@ -250,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.header_timeout,
             args.broker,
             args.presence,
+            args.history,
         )
     from .demo import make_demo_app
 

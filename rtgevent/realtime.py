@@ -261,6 +261,12 @@ class Realtime(App):
             raise AlreadyStarted()
         self._check_open()
         self.freeze()
+        streams = self.rooms.namespaces.histories or bool(self.config.identity_history_size)
+        if streams and self.node.shared and not getattr(self.history, "shared", True):
+            self.logger.warning(
+                "rtgevent: streams are kept in this node's memory (MemoryHistory) while the broker is shared: "
+                "the nodes' offsets will not agree; give every node a RedisHistory (rtgevent serve --history)"
+            )
         self.node.start()
         self.rooms.activate()
 

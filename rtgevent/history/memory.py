@@ -33,6 +33,9 @@ class _Stream:
 class MemoryHistory:
     """A `History` in this process's memory; see the module docstring."""
 
+    #: one process's streams: several nodes need a shared store (``rtgevent serve --history``)
+    shared = False
+
     #: appends between two sweeps of expired streams (which nobody may touch again)
     sweep_every = 1024
 

@@ -115,6 +115,9 @@ class RedisHistory:
     or a ``redis.Redis`` the caller owns.  ``socket_timeout`` bounds every call.
     """
 
+    #: every node of a cluster shares it
+    shared = True
+
     def __init__(
         self,
         url_or_client: str | redis.Redis,
