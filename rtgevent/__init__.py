@@ -44,6 +44,8 @@ if TYPE_CHECKING:
         UnknownRoute,
     )
     from .events import KombuEvents
+    from .history import History, MemoryHistory, history_from_url
+    from .history.redis import RedisHistory
     from .ids import SnowflakeIds, random_id
     from .message import Message
     from .middleware import logger, recovery, timeout
@@ -73,6 +75,7 @@ _LAZY = {
     "Emitter": ".emitter",
     "HandlerError": ".errors",
     "HandlerTimeout": ".errors",
+    "History": ".history",
     "Identity": ".types",
     "InBandAuthenticator": ".auth",
     "Initiator": ".types",
@@ -83,6 +86,7 @@ _LAZY = {
     "KombuEvents": ".events",
     "LimitExceeded": ".errors",
     "LocalBroker": ".broker",
+    "MemoryHistory": ".history",
     "MemoryPresence": ".presence",
     "Message": ".message",
     "NotMonkeyPatched": ".node",
@@ -91,6 +95,7 @@ _LAZY = {
     "RealtimeClosed": ".errors",
     "RealtimeError": ".errors",
     "RedisBroker": ".broker.redis",
+    "RedisHistory": ".history.redis",
     "RedisPresence": ".presence.redis",
     "Session": ".session",
     "SessionClosed": ".errors",
@@ -101,6 +106,7 @@ _LAZY = {
     "Unauthorized": ".errors",
     "UnknownRoute": ".errors",
     "broker_from_url": ".broker",
+    "history_from_url": ".history",
     "logger": ".middleware",
     "presence_from_url": ".presence",
     "random_id": ".ids",
@@ -130,6 +136,7 @@ __all__ = [
     "Emitter",
     "HandlerError",
     "HandlerTimeout",
+    "History",
     "Identity",
     "InBandAuthenticator",
     "Initiator",
@@ -140,6 +147,7 @@ __all__ = [
     "KombuEvents",
     "LimitExceeded",
     "LocalBroker",
+    "MemoryHistory",
     "MemoryPresence",
     "Message",
     "NotMonkeyPatched",
@@ -148,6 +156,7 @@ __all__ = [
     "RealtimeClosed",
     "RealtimeError",
     "RedisBroker",
+    "RedisHistory",
     "RedisPresence",
     "Session",
     "SessionClosed",
@@ -159,6 +168,7 @@ __all__ = [
     "UnknownRoute",
     "__version__",
     "broker_from_url",
+    "history_from_url",
     "logger",
     "presence_from_url",
     "random_id",

@@ -52,8 +52,11 @@ def test_brokers_and_presence_stores_are_exported() -> None:
         "MemoryPresence",
         "RedisPresence",
         "KombuEvents",
+        "MemoryHistory",
+        "RedisHistory",
         "broker_from_url",
         "presence_from_url",
+        "history_from_url",
     ):
         assert name in rtgevent.__all__, name
 
@@ -77,7 +80,8 @@ def test_import_rtgevent_imports_no_optional_library() -> None:
 
 def test_import_of_the_factories_imports_no_optional_library() -> None:
     """Reaching the URL factories imports no broker or presence library until a URL asks for one."""
-    assert loaded_after("import rtgevent; rtgevent.broker_from_url; rtgevent.presence_from_url") == []
+    factories = "rtgevent.broker_from_url; rtgevent.presence_from_url; rtgevent.history_from_url"
+    assert loaded_after(f"import rtgevent; {factories}") == []
 
 
 def test_emitter_imports_no_gevent() -> None:
