@@ -347,12 +347,13 @@ class App:
         self._idle.clear()
         return session
 
-    def open_session(self, session: Session, life: Lifecycle) -> bool:
+    def open_session(self, session: Session, life: Lifecycle, *, catch_up: bool = True) -> bool:
         """Put a session in the hub and presence and run on_connect; False if it was rejected.
 
         With personal streams (``Config.identity_history_size``) the session then gets what
         it missed since ``session.resume`` (or nothing, if it brought no position), and
-        ``rt.personal`` saying where the stream stands, before any newer message.
+        ``rt.personal`` saying where the stream stands, before any newer message; with
+        ``catch_up=False`` the caller does that (`catch_up`) once it answered ``rt.auth``.
         """
         streams = self.fanout.streams if self.config.identity_history_size else None
         stream = identity_stream(session.identity.tenant_id, session.identity.id)
@@ -379,13 +380,8 @@ class App:
             code = 1008 if isinstance(exc, Unauthorized) else 1011
             session.request_close(Closing(Initiator.SERVER, code, "rejected", flush=True))
             return False
-        if streams is not None:
-            since = Position(*session.resume) if session.resume is not None else None
-            recovery = streams.finish(stream, session, since, self.config.identity_history_size)
-            try:
-                session.send_message(Message(PERSONAL_ROUTE, _position_reply(recovery)))
-            except RealtimeError:
-                pass  # closing already
+        if catch_up:
+            self.catch_up(session)
         if self.config.session_policy == "replace":
             # after on_connect: a login that is rejected replaces nobody
             self._replace_older(session)
@@ -393,6 +389,19 @@ class App:
         if self.events is not None:
             self.events.enter(session)
         return True
+
+    def catch_up(self, session: Session) -> None:
+        """The personal stream: what the session missed since ``session.resume``, then ``rt.personal``."""
+        streams = self.fanout.streams if self.config.identity_history_size else None
+        if streams is None:
+            return
+        stream = identity_stream(session.identity.tenant_id, session.identity.id)
+        since = Position(*session.resume) if session.resume is not None else None
+        recovery = streams.finish(stream, session, since, self.config.identity_history_size)
+        try:
+            session.send_message(Message(PERSONAL_ROUTE, _position_reply(recovery)))
+        except RealtimeError:
+            pass  # closing already
 
     def _unregister(self, session: Session) -> None:
         self.hub.remove(session)
@@ -569,12 +578,13 @@ class App:
             return
         life.advance(LifeEvent.AUTHENTICATED)
         session.identity = identity
-        if self.open_session(session, life) and not session.closed:
+        if self.open_session(session, life, catch_up=False) and not session.closed:
             answer = {"session_id": session.id, "identity_id": identity.id}
             if msg_id is not None:
                 session.send_message(reply_message(msg_id, answer))
             else:
                 session.send_message(Message(REPLY_ROUTE, answer))
+            self.catch_up(session)
 
 
 def personal_since(query: str) -> tuple[int, str] | None:
