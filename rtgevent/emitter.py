@@ -85,7 +85,9 @@ class Emitter:
         An emitter holds no session, so the `Reach` has ``sessions == 0`` and ``nodes``, the
         nodes the message was published to, which is also its value as a number (what this
         method always returned).  `Realtime.send_to_identity` returns the same type.
-        Raises `SessionClosed` when presence knows no session of it.
+        Raises `SessionClosed` when presence knows no session of it, unless the Emitter
+        keeps personal streams (``identity_history_size``): the message then waits there
+        for a client that reconnects.
         """
         size, ttl = self._identity_history
         if size:

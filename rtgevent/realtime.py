@@ -214,6 +214,8 @@ class Realtime(App):
         many other nodes it was published to (``nodes``); as a number it is their sum, as
         `Emitter.send_to_identity`'s.  Raises `SessionClosed` when nothing took it: no
         session anywhere, or only local ones that are closing or whose queue refused it.
+        With personal streams (``Config.identity_history_size``) the message is kept for
+        a client that reconnects, so it raises nothing: the `Reach` may be 0.
         """
         if not self._caller.in_hub_thread():
             return self._caller.call(self.send_to_identity, tenant_id, identity_id, route, data)
