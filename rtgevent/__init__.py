@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .channels import ChannelOptions
     from .cli import serve
     from .codec import CmdCodec, Codec, JSONCodec
-    from .config import Backpressure, Config
+    from .config import Backpressure, Config, Deflate
     from .emitter import Emitter
     from .errors import (
         AlreadyStarted,
@@ -70,6 +70,7 @@ _LAZY = {
     "CmdCodec": ".codec",
     "Codec": ".codec",
     "Config": ".config",
+    "Deflate": ".config",
     "ConnectionLimit": ".errors",
     "DisconnectInfo": ".types",
     "Emitter": ".emitter",
@@ -132,6 +133,7 @@ __all__ = [
     "Codec",
     "Config",
     "ConnectionLimit",
+    "Deflate",
     "DisconnectInfo",
     "Emitter",
     "HandlerError",

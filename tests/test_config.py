@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtgevent import Backpressure, Config, InvalidOption
+from rtgevent.config import Deflate
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -58,3 +59,42 @@ def test_from_mapping_reads_prefixed_keys_and_refuses_typos() -> None:
     with pytest.raises(InvalidOption) as info:
         Config.from_mapping({"RTGEVENT_READ_LIMT": 1})
     assert info.value.field == "RTGEVENT_READ_LIMT"
+
+
+def test_compression_true_means_the_websockets_server_settings() -> None:
+    """compression=True is kept as `Deflate()`: 12-bit windows and memLevel 5, as websockets' servers."""
+    on = Config(compression=True).compression
+    assert on == Deflate() == Deflate(server_max_window_bits=12, client_max_window_bits=12, memory_level=5)
+    assert Config(compression=False).compression is False
+
+
+def test_compression_takes_a_deflate_or_a_mapping_of_its_fields() -> None:
+    """A `Deflate` is kept; a mapping (a Flask config value) becomes one."""
+    wide = Deflate(server_max_window_bits=15, client_max_window_bits=None, memory_level=8)
+    assert Config(compression=wide).compression is wide
+    c = Config.from_mapping({"RTGEVENT_COMPRESSION": {"server_max_window_bits": 10, "memory_level": 4}})
+    assert c.compression == Deflate(server_max_window_bits=10, memory_level=4)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "yes",
+        1,
+        {"server_max_window_bits": 8},
+        {"server_max_window_bits": 16},
+        {"server_max_window_bits": "12"},
+        {"client_max_window_bits": 7},
+        {"memory_level": 0},
+        {"memory_level": 10},
+        {"memory_level": True},
+        {"level": 9},
+    ],
+)
+def test_bad_compression_settings_name_the_field(value: object) -> None:
+    """A bad compression value or setting raises InvalidOption for ``compression``, naming what is wrong."""
+    with pytest.raises(InvalidOption) as info:
+        Config(compression=value)  # type: ignore[arg-type]
+    assert info.value.field == "compression"
+    if isinstance(value, dict):
+        assert next(iter(value)) in str(info.value)

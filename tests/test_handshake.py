@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 
+from rtgevent.config import Deflate
 from rtgevent.transport.handshake import (
     Accept,
     Refusal,
@@ -140,7 +142,7 @@ def test_deflate_offer_is_accepted_when_compression_is_on() -> None:
         environ(HTTP_SEC_WEBSOCKET_EXTENSIONS="permessage-deflate; client_max_window_bits"), compression=True
     )
     assert len(answer.extensions) == 1 and answer.extensions[0].name == "permessage-deflate"
-    assert answer.extensions_header == "permessage-deflate"
+    assert answer.extensions_header == "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
 
 
 def test_deflate_offer_is_ignored_when_compression_is_off() -> None:
@@ -156,7 +158,47 @@ def test_first_acceptable_deflate_offer_wins() -> None:
     assert answer.extensions_header == "permessage-deflate; server_max_window_bits=10"
     offers = "permessage-deflate; bogus=1, permessage-deflate; server_no_context_takeover"
     answer = accepted(environ(HTTP_SEC_WEBSOCKET_EXTENSIONS=offers), compression=True)
-    assert answer.extensions_header == "permessage-deflate; server_no_context_takeover"
+    assert answer.extensions_header == "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"
+
+
+@pytest.mark.parametrize(
+    ("offered", "answered", "windows"),
+    [
+        ("permessage-deflate", "permessage-deflate; server_max_window_bits=12", (12, 15)),
+        ("permessage-deflate; server_max_window_bits=10", "permessage-deflate; server_max_window_bits=10", (10, 15)),
+        ("permessage-deflate; server_max_window_bits=15", "permessage-deflate; server_max_window_bits=12", (12, 15)),
+        (
+            "permessage-deflate; client_max_window_bits=9",
+            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=9",
+            (12, 9),
+        ),
+        (
+            "permessage-deflate; client_max_window_bits=15",
+            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12",
+            (12, 12),
+        ),
+    ],
+)
+def test_the_101_declares_the_server_window_limit(offered: str, answered: str, windows: tuple[int, int]) -> None:
+    """The server's window limit is always in the 101, the client's only if offered (RFC 7692 7.1.2).
+
+    ``windows``: the (server, client) windows the connection then uses; a client that did not
+    offer ``client_max_window_bits`` keeps 15, and the server's decompressor is sized for it.
+    """
+    answer = accepted(environ(HTTP_SEC_WEBSOCKET_EXTENSIONS=offered), compression=True)
+    assert answer.extensions_header == answered
+    [deflate] = answer.extensions
+    assert isinstance(deflate, PerMessageDeflate)
+    assert (deflate.local_max_window_bits, deflate.remote_max_window_bits) == windows
+
+
+def test_compression_settings_choose_the_windows_offered_in_the_101() -> None:
+    """A `Deflate` (or a mapping of its fields) sets both windows; client None asks the client nothing."""
+    offer = environ(HTTP_SEC_WEBSOCKET_EXTENSIONS="permessage-deflate; client_max_window_bits")
+    wide = accepted(offer, compression=Deflate(server_max_window_bits=15, client_max_window_bits=None, memory_level=8))
+    assert wide.extensions_header == "permessage-deflate; server_max_window_bits=15"
+    narrow = accepted(offer, compression={"server_max_window_bits": 9, "client_max_window_bits": 8})
+    assert narrow.extensions_header == "permessage-deflate; server_max_window_bits=9; client_max_window_bits=8"
 
 
 @pytest.mark.parametrize(
@@ -177,8 +219,9 @@ def test_101_names_the_accept_key_and_the_negotiated_extension() -> None:
     )
     assert headers_101(plain) == [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", ACCEPT)]
     deflate = accepted(environ(HTTP_SEC_WEBSOCKET_EXTENSIONS="permessage-deflate"), compression=True)
-    assert b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n" in response_101(deflate)
-    assert headers_101(deflate)[-1] == ("Sec-WebSocket-Extensions", "permessage-deflate")
+    named = "permessage-deflate; server_max_window_bits=12"
+    assert b"\r\nSec-WebSocket-Extensions: " + named.encode() + b"\r\n\r\n" in response_101(deflate)
+    assert headers_101(deflate)[-1] == ("Sec-WebSocket-Extensions", named)
 
 
 # ---------------------------------------------------------------------- origin_allowed

@@ -15,7 +15,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rtgevent"
 #: the house from the ground up: a room imports rooms of its own floor or below, never above
 FLOORS: list[set[str]] = [
     {"errors"},
-    {"types", "config", "message", "ids", "retry", "stats", "payload", "router", "lifecycle", "channels", "history.base"},
+    {
+        "types",
+        "config",
+        "message",
+        "ids",
+        "retry",
+        "stats",
+        "payload",
+        "router",
+        "lifecycle",
+        "channels",
+        "history.base",
+    },
     {
         "codec",
         "outbox",
@@ -185,7 +197,10 @@ def test_only_transport_touches_sockets() -> None:
 
 def test_kombu_and_redis_stay_in_their_rooms() -> None:
     """kombu only in broker/kombu.py and events.py; redis only in the Redis rooms and retry's client builder."""
-    allowed = {"kombu": {"broker.kombu", "events"}, "redis": {"broker.redis", "presence.redis", "history.redis", "retry"}}
+    allowed = {
+        "kombu": {"broker.kombu", "events"},
+        "redis": {"broker.redis", "presence.redis", "history.redis", "retry"},
+    }
     wrong = [
         f"{name}:{line} imports {imported}"
         for name in MODULES

@@ -11,6 +11,7 @@ import base64
 import binascii
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import ipaddress
 import re
@@ -21,6 +22,8 @@ from urllib.parse import urlsplit
 from websockets.extensions.base import Extension
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.headers import build_extension, parse_extension
+
+from ..config import Deflate
 
 __all__ = [
     "Accept",
@@ -71,8 +74,13 @@ def is_upgrade_request(environ: Mapping[str, Any]) -> bool:
     return "websocket" in _tokens(environ.get("HTTP_UPGRADE", ""))
 
 
-def check_upgrade(environ: Mapping[str, Any], *, compression: bool = False) -> Accept | Refusal:
-    """Check the request line and headers of RFC 6455 section 4.2.1; negotiate deflate."""
+def check_upgrade(
+    environ: Mapping[str, Any], *, compression: bool | Deflate | Mapping[str, Any] = False
+) -> Accept | Refusal:
+    """Check the request line and headers of RFC 6455 section 4.2.1; negotiate deflate.
+
+    ``compression`` is what `Config.compression` accepts (`Deflate.of`).
+    """
     if environ.get("REQUEST_METHOD") != "GET":
         return refusal("405 Method Not Allowed", "WebSocket upgrades use GET", [("Allow", "GET")])
     if environ.get("SERVER_PROTOCOL", "HTTP/1.1") != "HTTP/1.1":
@@ -98,13 +106,29 @@ def check_upgrade(environ: Mapping[str, Any], *, compression: bool = False) -> A
     extensions: list[Extension] = []
     header: str | None = None
     offered = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS")
-    if compression and offered:
-        extensions, header = _negotiate_deflate(offered)
+    settings = Deflate.of(compression)
+    if settings is not None and offered:
+        extensions, header = _negotiate_deflate(offered, _factory(settings))
     return Accept(accept_key(key), extensions, header)
 
 
-def _negotiate_deflate(offered: str) -> tuple[list[Extension], str | None]:
-    factory = ServerPerMessageDeflateFactory()
+@functools.lru_cache(maxsize=8)
+def _factory(settings: Deflate) -> ServerPerMessageDeflateFactory:
+    """websockets' negotiation, with ``settings``; one factory per settings, not per handshake.
+
+    A limited ``server_max_window_bits`` is always sent back in the response, whether the
+    client offered the parameter or not: the server must not use a larger window than it
+    declared (RFC 7692 section 7.1.2.1), and a client that knows the limit can size its
+    decompressor to it.
+    """
+    return ServerPerMessageDeflateFactory(
+        server_max_window_bits=settings.server_max_window_bits,
+        client_max_window_bits=settings.client_max_window_bits,
+        compress_settings={"memLevel": settings.memory_level},
+    )
+
+
+def _negotiate_deflate(offered: str, factory: ServerPerMessageDeflateFactory) -> tuple[list[Extension], str | None]:
     try:
         offers = parse_extension(offered)
     except Exception:
