@@ -4,7 +4,8 @@ Each stream is a deque bounded by its size, forgotten ``ttl`` seconds after its 
 append (checked on access, and swept every `sweep_every` appends: nothing runs in the
 background, and memory stays bounded); a forgotten stream starts again at offset 1 under
 a new epoch, exactly like a Redis stream that expired.  Thread-safe
-(a lock held only around the deque), so native threads and the hub may share it.  Nodes do
+(an OS lock held only around the deque, never across a switch), so native threads and the
+hub may share it.  Nodes do
 not share it: several nodes need `RedisHistory`.
 """
 
@@ -12,12 +13,26 @@ from __future__ import annotations
 
 import collections
 import secrets
+import sys
 import threading
 import time
+from typing import Any
 
 from .base import Position, Publication, Recovery, Stamp, as_stamp, reaches_back
 
 __all__ = ["MemoryHistory"]
+
+
+def _native_lock() -> Any:
+    """An OS lock even under gevent's monkey-patching.
+
+    Nothing yields while it is held, so greenlets of one thread never wait on it; native
+    threads do, and gevent's patched lock can starve them (gevent issue 1744).
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        return monkey.get_original("_thread", "allocate_lock")()
+    return threading.Lock()
 
 
 class _Stream:
@@ -41,7 +56,7 @@ class MemoryHistory:
 
     def __init__(self) -> None:
         self._streams: dict[str, _Stream] = {}
-        self._lock = threading.Lock()
+        self._lock = _native_lock()
         self._clock = time.monotonic
         self._appends = 0
 
@@ -72,7 +87,7 @@ class MemoryHistory:
             if not reaches_back(offset, epoch, top, first):
                 return Recovery([], top.offset, top.epoch, False)
             skip = max(0, offset + 1 - first)
-            found = [state.entries[i] for i in range(skip, min(len(state.entries), skip + limit))]
+            found = [state.entries[i] for i in range(skip, min(len(state.entries), skip + max(1, limit)))]
             return Recovery(found, top.offset, top.epoch, True)
 
     def position(self, stream: str) -> Position:

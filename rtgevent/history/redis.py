@@ -71,14 +71,14 @@ local function render(first, count)
   for i = 0, count - 1 do
     local part = ARGV[first + i]
     if i % 2 == 1 then
-      if part == 'o' then part = tostring(offset) else part = epoch end
+      if part == 'o' then part = string.format('%d', offset) else part = epoch end
     end
     out[#out + 1] = part
   end
   return table.concat(out)
 end
 local n = tonumber(ARGV[8])
-redis.call('XADD', KEYS[1], 'MAXLEN', size, offset .. '-0', ARGV[7], render(9, n), 'i', ARGV[4])
+redis.call('XADD', KEYS[1], 'MAXLEN', size, string.format('%d-0', offset), ARGV[7], render(9, n), 'i', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 local rest = 9 + n
@@ -97,7 +97,8 @@ local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 if #oldest > 0 then first = tonumber(string.match(oldest[1][1], '^(%d+)')) end
 local found = {}
 if ARGV[3] == meta[2] or (ARGV[3] == '' and ARGV[1] == '0') then
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], (tonumber(ARGV[1]) + 1) .. '-0', '+', 'COUNT', ARGV[2])) do
+  local start = string.format('%d-0', tonumber(ARGV[1]) + 1)
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[2])) do
     local fields = entry[2]
     found[#found + 1] = tonumber(string.match(entry[1], '^(%d+)'))
     found[#found + 1] = fields[1]
