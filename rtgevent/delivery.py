@@ -199,7 +199,13 @@ class Fanout:
                 offset=str(position.offset),
                 epoch=position.epoch,
             )
-            sent = publish_to_nodes(self.broker, nodes, encode_payload(payload))
+            try:
+                sent = publish_to_nodes(self.broker, nodes, encode_payload(payload))
+            except BrokerUnavailable as exc:
+                # kept in the stream: the client gets it when it reconnects (or the node,
+                # when it comes back, sees the gap); a dead node still leased is no error here
+                if self.streams is not None:
+                    self.streams.report(exc)
         return Reach(len(local), delivered, sent), position
 
     def to_identity(self, tenant_id: str, identity_id: str, envelope: str | bytes) -> Reach:

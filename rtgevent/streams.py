@@ -78,7 +78,8 @@ class Streams:
     def __init__(self, history: History, push: Push, report: ErrorSink) -> None:
         self.history = history
         self._push = push
-        self._report = report
+        #: where this node's errors go (the node's report)
+        self.report = report
         self._tops: dict[str, _Top] = {}
         self._catching: dict[str, dict[Session, Catchup]] = {}
 
@@ -161,7 +162,7 @@ class Streams:
             else:
                 recovery = self.history.since(stream, since.offset, since.epoch, max(1, size))
         except Exception as exc:
-            self._report(exc)
+            self.report(exc)
             recovery = Recovery([], 0, "", False)
         kept = catchup.kept if catchup is not None and catchup.kept is not None else []
         # what the session has: the asked offset once history reaches back to it, else
@@ -213,5 +214,5 @@ class Streams:
         try:
             return self.history.since(stream, after, epoch, min(before - after - 1, GAP_LIMIT)).publications
         except Exception as exc:
-            self._report(exc)
+            self.report(exc)
             return []

@@ -53,6 +53,8 @@
  *   published meanwhile before the reply. subscribe() never queues: it is sent now if the
  *   connection is open, else on the next open. A since given to subscribe() is where a channel
  *   not subscribed yet starts from; a channel already subscribed keeps its own position.
+ *   sub.ready settles on the first answer; it rejects with "unsubscribed" when unsubscribe()
+ *   came first, "closed" when the client closed first.
  * - Each publication once, in order, across reconnects (history: SPEC section 14). The client
  *   keeps, per stream (each channel, and the personal stream: envelopes with metadata.offset
  *   and metadata.epoch but no channel), the last {offset, epoch} it handed to the application.
@@ -63,17 +65,17 @@
  *   since parameter given in the URL is replaced), or {token, since} as the rt.auth data with
  *   {tokenIn: "message"}. Since {offset: 0, epoch: ""} means "seen nothing yet": the stream's
  *   first publications are recovered too.
- * - A reply that says recovered: false to a since means history could not give back everything
- *   missed (a new epoch, trimmed, expired): "rt.recovery_failed" goes to on() handlers with
- *   {channel, offset, epoch} (where the stream stands now; channel null for the personal
- *   stream), and for a channel "recovery_failed" to its subscriptions, before their
- *   "subscribed"; the application reloads its state. The position becomes the reply's (unless
- *   publications came meanwhile). "Seen nothing" answered by a stream that holds nothing (a
- *   channel without history, an empty stream) lost nothing: no event.
- * - With {tokenIn: "message"} envelopes that arrive before the rt.auth reply (the personal
- *   stream's replay and rt.personal) are dispatched, in order, right after it.
- *   sub.ready settles on the first answer; it rejects with "unsubscribed" when unsubscribe()
- *   came first, "closed" when the client closed first.
+ * - A reply that does not say recovered: true to a since means the server could not give back
+ *   everything missed (a new epoch, history trimmed or expired). A channel without history
+ *   (the reply's epoch is "", and the client never saw one) has nothing to recover: no event.
+ *   Otherwise:
+ *   "rt.recovery_failed" goes to on() handlers with {channel, offset, epoch} (where the stream
+ *   stands now; channel null for the personal stream), and for a channel "recovery_failed" to
+ *   its subscriptions, before their "subscribed"; the application reloads its state. The
+ *   position becomes the reply's, so the next reconnect does not ask for what is gone again
+ *   (unless publications came on this connection: they are past the reply's position).
+ * - With {tokenIn: "message"} envelopes that arrive before the rt.auth reply are dispatched,
+ *   in order, right after it, not dropped.
  * - An envelope whose metadata names a channel this client subscribed to (for rt.join /
  *   rt.leave, data.channel) goes to that channel's subscriptions only, not to on(route)
  *   handlers; one of a channel being unsubscribed is dropped. Envelopes of channels the
@@ -166,11 +168,12 @@
 
   // ------------------------------------------------------------------ stream positions
 
-  /** A {offset, epoch} given by the application (a since), or null if it is not one. */
-  function givenPosition(since) {
-    if (!since || since.offset === undefined || since.offset === null || typeof since.epoch !== "string") return null;
-    var offset = Number(since.offset);
-    return isFinite(offset) && offset >= 0 ? {offset: offset, epoch: since.epoch} : null;
+  /** The {offset, epoch} of a since the application gave, or of a reply; null if it has none. */
+  function positionIn(obj) {
+    if (!obj || typeof obj !== "object" || obj.offset === undefined || obj.offset === null) return null;
+    if (typeof obj.epoch !== "string") return null;
+    var offset = Number(obj.offset);
+    return isFinite(offset) && offset >= 0 ? {offset: offset, epoch: obj.epoch} : null;
   }
 
   /** The position an envelope's metadata carries (offset and epoch, strings on the wire), or null. */
@@ -186,23 +189,13 @@
   }
 
   /**
-   * Did a reply (rt.subscribe's, rt.personal) to a request that brought ``asked`` (or null)
-   * say history could not give everything back? "Seen nothing" (offset 0, epoch "") answered
-   * by a stream without an epoch (no history, nothing published yet) lost nothing.
+   * The position to keep after a reply (rt.subscribe's, rt.personal) that says the stream is
+   * at ``there``, to a request that brought ``asked`` (null: none): the reply's when nothing
+   * was kept or it names another epoch, or when recovery ``failed`` and nothing came since the
+   * request (the client stands where the stream stands); else the kept one, which publications
+   * of this connection may have moved past the reply's.
    */
-  function recoveryFailed(asked, reply) {
-    if (asked === null || reply.recovered !== false) return false;
-    return !(asked.offset === 0 && asked.epoch === "" && !reply.epoch);
-  }
-
-  /**
-   * The position to keep after such a reply: the reply's when nothing was kept or it names
-   * another epoch; also when recovery failed and nothing came since the request (the client
-   * then stands where the stream stands); else the kept one, which publications of this
-   * connection may have moved past the reply's.
-   */
-  function afterReply(kept, asked, reply, failed) {
-    var there = {offset: Number(reply.offset) || 0, epoch: typeof reply.epoch === "string" ? reply.epoch : ""};
+  function afterReply(kept, asked, there, failed) {
     if (kept === null || kept.epoch !== there.epoch || (failed && kept === asked)) return there;
     return kept;
   }
@@ -229,7 +222,7 @@
     this._closedByUser = false;
     this._authenticated = false;
     this._channels = {};      // channel -> {subs, state, gen, reply, position, leaving, retry, retries}
-    this._personal = givenPosition(this.options.since);  // the personal stream's {offset, epoch}, or null
+    this._personal = positionIn(this.options.since);  // the personal stream's {offset, epoch}, or null
     this._personalAsked = null;  // the position the current connection brought (null: none)
     var self = this;
     this._onOnline = function () { if (self._retryTimer !== null) self._retryNow(); };
@@ -483,7 +476,7 @@
       };
     }
     // where a new channel starts from; one already subscribed keeps where it is
-    if (ch.position === null) ch.position = givenPosition(opts && opts.since);
+    if (ch.position === null) ch.position = positionIn(opts && opts.since);
     ch.subs.push(sub);
     if (ch.state === "subscribed") {
       var reply = ch.reply;
@@ -519,15 +512,22 @@
     this._ws.send(JSON.stringify({id: id, route: SUBSCRIBE, data: data}));
   };
 
+  /** Whether a reply to a since says something was lost: not recovered, and there was a stream
+   *  to recover (a channel without history answers epoch "", and its client never saw one). */
+  function lost(asked, reply, there) {
+    return asked !== null && reply.recovered !== true && (asked.epoch !== "" || there.epoch !== "");
+  }
+
   Client.prototype._subscribed = function (ch, reply, asked) {
     ch.state = "subscribed";
     ch.reply = reply;
     ch.retries = 0;
+    var there = positionIn(reply);
     var failure = null;
-    if (reply && typeof reply === "object") {
-      var failed = recoveryFailed(asked, reply);
-      ch.position = afterReply(ch.position, asked, reply, failed);
-      if (failed) failure = {channel: ch.name, offset: Number(reply.offset) || 0, epoch: String(reply.epoch || "")};
+    if (there !== null) {
+      var failed = lost(asked, reply, there);
+      ch.position = afterReply(ch.position, asked, there, failed);
+      if (failed) failure = {channel: ch.name, offset: there.offset, epoch: there.epoch};
     }
     if (failure !== null) this._emit(RECOVERY_FAILED, failure);
     var subs = ch.subs.slice();
@@ -539,12 +539,12 @@
 
   /** rt.personal: where the personal stream stands, and whether the replay was complete. */
   Client.prototype._personalReply = function (data) {
+    var there = positionIn(data);
+    if (there === null) return;
     var asked = this._personalAsked;
-    var failed = recoveryFailed(asked, data);
-    this._personal = afterReply(this._personal, asked, data, failed);
-    if (failed) {
-      this._emit(RECOVERY_FAILED, {channel: null, offset: Number(data.offset) || 0, epoch: String(data.epoch || "")});
-    }
+    var failed = lost(asked, data, there);
+    this._personal = afterReply(this._personal, asked, there, failed);
+    if (failed) this._emit(RECOVERY_FAILED, {channel: null, offset: there.offset, epoch: there.epoch});
   };
 
   Client.prototype._subscribeFailed = function (ch, err) {
