@@ -533,7 +533,7 @@ class App:
                 raise SessionClosed("session is closing")
             recovery = self.rooms.subscribe(session, channel, since)
         elif self.rooms.namespaces.options(channel).history_size:
-            recovery = self.rooms.subscribe(session, channel)
+            recovery = self.rooms.subscribe(session, channel, since)
         return {"channel": channel, **_position_reply(recovery)}
 
     def _answer_error(self, session: Session, msg_id: Any, code: str, text: str) -> None:

@@ -132,8 +132,10 @@ class Rooms:
         recovery = None
         if streams is not None:
             if not joining:
+                # already live here: nothing to replay, and nothing lost in this epoch
                 position = streams.history.position(stream)
-                recovery = Recovery([], position.offset, position.epoch, False)
+                same = since is not None and since.epoch == position.epoch
+                recovery = Recovery([], position.offset, position.epoch, same)
             elif channel in session.channels:
                 # subscribed to live publications first, history read second: nothing falls between
                 recovery = streams.finish(stream, session, since, options.history_size)

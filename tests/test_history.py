@@ -338,3 +338,17 @@ def test_stamps_render_offsets_into_encoded_text_and_nothing_can_forge_a_slot() 
     stamp.cut(text)
     rendered = json.loads(stamp.render(42, "ep"))
     assert rendered == {"data": forged, "metadata": {"offset": "42", "epoch": "ep"}}
+
+
+def test_subscribing_again_with_a_since_replays_nothing_and_loses_nothing(connect: Connect) -> None:
+    """A session already in the channel is live: a second rt.subscribe replays nothing, and
+    says recovered for a position of the stream's epoch (not for another epoch)."""
+    rt = open_app()
+    client = connect(rt)
+    subscribe(client, "doc:6")
+    rt.publish("doc:6", "edit", 1)
+    seen = position(client.recv())
+    before, again = subscribe(client, "doc:6", seen)
+    assert (before, again.data["recovered"], again.data["missed"]) == ([], True, 0)
+    _, other = subscribe(client, "doc:6", {"offset": 1, "epoch": "another"})
+    assert other.data["recovered"] is False
