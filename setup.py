@@ -1,13 +1,32 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+
+
+def read_version() -> str:
+    """The one version of the project: ``__version__`` in rtgevent/__init__.py, read as text.
+
+    Not imported: building must not need the package's dependencies, nor run its code.
+    """
+    text = (HERE / "rtgevent" / "__init__.py").read_text(encoding="utf-8")
+    found = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    if found is None:
+        raise RuntimeError('rtgevent/__init__.py has no line __version__ = "..."')
+    return found.group(1)
+
 
 setup(
     name="rtgevent",
-    version="0.1.0",
+    version=read_version(),
     description="A realtime WebSocket gateway framework for Python on gevent",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["rtgevent", "rtgevent.*"]),
+    # static/: rtgevent.js, the demo and the admin page, served from the installed package
     package_data={"rtgevent": ["py.typed", "static/*"]},
     install_requires=[
         "gevent>=24.2",
@@ -37,6 +56,10 @@ setup(
             "playwright>=1.40",
             "prometheus-client>=0.20",
             "sphinx>=7.2,<7.4",  # 7.3 is the last Sphinx that keeps docutils 0.19, which other tools pin
+            # tests/test_release.py builds the sdist and wheel with `python -m build --no-isolation`
+            # (no download): build itself, and wheel, which setuptools before 70.1 needs for a wheel
+            "build>=1.0",
+            "wheel>=0.40",
         ],
     },
     entry_points={"console_scripts": ["rtgevent=rtgevent.cli:main"]},

@@ -116,7 +116,7 @@ _LAZY = {
     "timeout": ".middleware",
 }
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AlreadyStarted",
