@@ -157,6 +157,11 @@ def redact_url(url: str) -> str:
     return url if redacted is parts else urllib.parse.urlunsplit(redacted)
 
 
+#: connections of one Redis client's pool unless the caller says otherwise: enough for a burst
+#: of concurrent calls (they wait for a free one beyond it, never fail for want of one)
+POOL_SIZE = 256
+
+
 def redis_client(
     url: str,
     *,
@@ -179,8 +184,10 @@ def redis_client(
       that long; 0 (the default) leaves detecting dead connections to the caller, as the
       pub/sub consumer does with its own PINGs.
     * ``client_name`` (``CLIENT SETNAME``) names the connections in ``CLIENT LIST``.
-    * ``max_connections``: at most that many connections; a caller beyond that waits for
-      one up to ``pool_timeout`` (default: ``socket_timeout``).  None: the pool grows as needed.
+    * ``max_connections``: at most that many connections (None: `POOL_SIZE`); a caller beyond
+      that waits for one up to ``pool_timeout`` (default: ``socket_timeout``).  Never
+      redis-py's own unbounded-looking default: it stops at 100 connections and *raises* for
+      the 101st caller, which a reconnect storm of a thousand sessions reaches at once.
 
     A malformed URL raises `InvalidOption` for ``field``, with the URL redacted.
     """
@@ -199,11 +206,11 @@ def redis_client(
     if client_name is not None:
         options["client_name"] = client_name
     try:
-        if max_connections is None:
-            pool: redis.ConnectionPool = redis.ConnectionPool.from_url(url, **options)
-        else:
-            wait = socket_timeout if pool_timeout is None else pool_timeout
-            pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=wait, **options)
+        wait = socket_timeout if pool_timeout is None else pool_timeout
+        size = POOL_SIZE if max_connections is None else max_connections
+        pool: redis.ConnectionPool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=size, timeout=wait, **options
+        )
     except ValueError as exc:
         raise InvalidOption(field, f"{redact_url(url)!r}: {exc}") from None
     client = redis.Redis(connection_pool=pool)

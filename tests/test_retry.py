@@ -7,20 +7,21 @@ skipped when none is reachable.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 import threading
 import time
+import uuid
 
+import gevent
 import pytest
 import redis
 
 from rtgevent.errors import InvalidOption
-from rtgevent.retry import Backoff, Deadline, backoff_delay, redact_url, redis_client, sleep_backoff
+from rtgevent.retry import POOL_SIZE, Backoff, Deadline, backoff_delay, redact_url, redis_client, sleep_backoff
 from tests.conftest import ROOT
-
-REDIS_URL = os.environ.get("RTG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.services import REDIS_URL, LiveServices
+from tests.waiting import WAIT
 
 # ---------------------------------------------------------------------------- backoff
 
@@ -165,9 +166,24 @@ def test_redis_client_sets_timeouts_and_no_hidden_retries() -> None:
     assert kwargs["health_check_interval"] == 7
     assert kwargs["client_name"] == "n"
     assert kwargs["retry"].get_retries() == 0
-    assert type(client.connection_pool) is redis.ConnectionPool
+    assert isinstance(client.connection_pool, redis.BlockingConnectionPool)
+    assert client.connection_pool.max_connections == POOL_SIZE
     assert client.auto_close_connection_pool
     client.close()
+
+
+def test_a_burst_of_concurrent_calls_waits_for_connections_instead_of_failing(live: LiveServices) -> None:
+    """150 calls at once that each hold a connection a moment (redis-py's own pool stops at
+    100 and raises for the next caller): every one of them is answered."""
+    live.require(REDIS_URL)
+    client = redis_client(REDIS_URL, socket_timeout=5.0)
+    key = f"rtgtest-empty-{uuid.uuid4().hex}"
+    try:
+        calls = [gevent.spawn(client.blpop, [key], 0.2) for _ in range(150)]
+        gevent.joinall(calls, timeout=WAIT)
+        assert [c.successful() for c in calls] == [True] * 150, [c.exception for c in calls if c.exception][:1]
+    finally:
+        client.close()
 
 
 def test_redis_client_connect_timeout_defaults_to_socket_timeout() -> None:

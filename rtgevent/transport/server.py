@@ -59,6 +59,12 @@ class HeaderTimeoutHandler(WSGIHandler):  # type: ignore[misc]
         super().log_error(redact_tokens(text))
 
 
+#: the listen queue: a thousand clients reconnecting at once (a node restarted, a balancer
+#: reloaded) must not have their handshakes dropped and retried a second later (the kernel
+#: caps it at net.core.somaxconn)
+BACKLOG = 2048
+
+
 def parse_bind(bind: str) -> tuple[str, int]:
     host, _, port = bind.rpartition(":")
     if not host or not port.isdigit():
@@ -79,4 +85,4 @@ def make_server(
     if certfile:
         ssl_args = {"certfile": certfile, "keyfile": keyfile or certfile}
     handler = type("HeaderTimeoutHandler", (HeaderTimeoutHandler,), {"header_timeout": header_timeout})
-    return WSGIServer(parse_bind(bind), app, handler_class=handler, log=log, **ssl_args)
+    return WSGIServer(parse_bind(bind), app, handler_class=handler, log=log, backlog=BACKLOG, **ssl_args)
