@@ -1,5 +1,5 @@
-"""``python -m bench [idle] [echo] [fanout] [slow] [cluster] [emitter] [channels] [churn] [--quick] [--runs N]
-[--json PATH]``: the table.
+"""``python -m bench [idle] [echo] [fanout] [slow] [cluster] [emitter] [channels] [churn] [history] [--quick]
+[--runs N] [--json PATH]``: the table.
 
 For every measurement a fresh server process (``taskset -c 0``) and a fresh load generator
 (``taskset -c 1``) are started, driven phase by phase over the load generator's stdin and
@@ -8,7 +8,8 @@ test are measured back to back (rtgevent, then Flask-SocketIO) so they share the
 conditions; each figure in the table is the median over ``--runs`` runs.  The ``fanout`` and
 ``slow`` scenarios live in `bench.fanout`; ``cluster`` and ``emitter`` (`bench.cluster`) measure
 rtgevent alone, once per broker; ``channels`` (against Flask-SocketIO's rooms over a Redis message
-queue) and ``churn`` (rtgevent alone, per broker) live in `bench.channels`.
+queue) and ``churn`` (rtgevent alone, per broker) live in `bench.channels`; ``history`` (publishing with
+and without history, a reconnect storm that recovers, against Flask-SocketIO's) in `bench.history`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from typing import Any
 from bench import channels as ch
 from bench import cluster as cl
 from bench import fanout as fo
+from bench import history as hi
 from bench.common import LOADGEN_CPU, ROOT, SERVER_CPU, BenchError, Measurement, fmt, median, wait_connections
 from bench.proc import raise_nofile
 
-SCENARIOS = ("idle", "echo", "fanout", "slow", "cluster", "emitter", "channels", "churn")
-#: what runs when no scenario is named (cluster, emitter, channels and churn need Redis and RabbitMQ)
+SCENARIOS = ("idle", "echo", "fanout", "slow", "cluster", "emitter", "channels", "churn", "history")
+#: what runs when no scenario is named (cluster, emitter, channels and churn need Redis and RabbitMQ, history Redis)
 DEFAULT_SCENARIOS = ("idle", "echo", "fanout", "slow")
 LABELS = {"rtgevent-bare": "rtgevent bare", "rtgevent-full": "rtgevent full", "socketio": "Flask-SocketIO"}
 KIB = 1024
@@ -340,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         metavar="scenario",
         help=f"any of {', '.join(SCENARIOS)} (default: {' '.join(DEFAULT_SCENARIOS)}; cluster, emitter, "
-        f"channels and churn need Redis on 127.0.0.1:6379 and RabbitMQ on 127.0.0.1:5672)",
+        f"channels, churn and history need Redis on 127.0.0.1:6379, all but history RabbitMQ on 127.0.0.1:5672)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer connections and messages")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (median shown)")
@@ -358,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     cplan = cl.CLUSTER_QUICK if args.quick else cl.CLUSTER_FULL
     chplan = ch.CHANNELS_QUICK if args.quick else ch.CHANNELS_FULL
     chuplan = ch.CHURN_QUICK if args.quick else ch.CHURN_FULL
+    hiplan = hi.HISTORY_QUICK if args.quick else hi.HISTORY_FULL
     bplans = {
         "fanout": fo.FANOUT_QUICK if args.quick else fo.FANOUT_FULL,
         "slow": fo.SLOW_QUICK if args.quick else fo.SLOW_FULL,
@@ -370,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     multi: dict[str, list[dict[str, Any]]] = {"cluster": [], "emitter": []}
     broadcasts: dict[str, list[dict[str, Any]]] = {"fanout": [], "slow": []}
     rooms: dict[str, list[dict[str, Any]]] = {"channels": [], "churn": []}
+    history: list[dict[str, Any]] = []
     failures: list[str] = []
     started = time.monotonic()
 
@@ -464,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["run"] = run
                 rooms["churn"].append(r)
                 progress(f"run {run} {ch.churn_progress(r)}")
+        if "history" in scenarios:
+            history += hi.run_all(run, hiplan, progress, failures)
 
     after = source_state()
     if after != source:
@@ -473,8 +479,10 @@ def main(argv: list[str] | None = None) -> int:
         conds.append(cl.conditions(cplan))
     if rooms["channels"] or rooms["churn"]:
         conds.append(ch.conditions(chplan if rooms["channels"] else None, chuplan if rooms["churn"] else None))
-        if not (multi["cluster"] or multi["emitter"]):
-            conds.append(cl.service_versions())
+    if history:
+        conds.append(hi.conditions(hiplan))
+    if (rooms["channels"] or rooms["churn"] or history) and not (multi["cluster"] or multi["emitter"]):
+        conds.append(cl.service_versions())
     out: list[str] = ["", *(f"- {line}" for line in conds), ""]
     if idle:
         out += ["Idle connections (rtgevent: plain WebSocket upgrade; Flask-SocketIO: EIO4 + SIO5 handshake)", ""]
@@ -503,7 +511,9 @@ def main(argv: list[str] | None = None) -> int:
         out += [ch.churn_heading(chuplan), ""]
         out += [*ch.churn_table(rooms["churn"], chuplan), ""]
         out += [*ch.churn_targets(rooms["churn"]), ""]
-    multi_any = bool(multi["cluster"] or multi["emitter"] or rooms["channels"] or rooms["churn"])
+    if history:
+        out += hi.report(history, hiplan)
+    multi_any = bool(multi["cluster"] or multi["emitter"] or rooms["channels"] or rooms["churn"] or history)
     everything = [
         *idle,
         *echo,
@@ -513,12 +523,15 @@ def main(argv: list[str] | None = None) -> int:
         *multi["emitter"],
         *rooms["channels"],
         *rooms["churn"],
+        *history,
     ]
     if everything:
         other = [r["other_cpus"] for r in everything]
         steal = [r["steal_cpus"] for r in everything]
         services = (
-            "; cluster, emitter, channels and churn: not counting the Redis and RabbitMQ servers" if multi_any else ""
+            "; cluster, emitter, channels, churn and history: not counting the Redis and RabbitMQ servers"
+            if multi_any
+            else ""
         )
         out.append(
             f"Other CPU use during the measured phases (other processes, kernel softirq{services}), in CPUs: median "
@@ -530,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
         + fo.anomalies([*broadcasts["fanout"], *broadcasts["slow"]], bplans)
         + cl.anomalies([*multi["cluster"], *multi["emitter"]])
         + ch.anomalies(rooms["channels"], rooms["churn"], chuplan)
+        + hi.anomalies(
+            [r for r in history if r["scenario"] == "history-publish"],
+            [r for r in history if r["scenario"] == "history-storm"],
+            hiplan,
+        )
         + failures
     )
     out += ["Checks: " + ("none failed" if not notes else f"{len(notes)} problem(s)"), *(f"- {n}" for n in notes)]
@@ -545,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                     **broadcasts,
                     **multi,
                     **rooms,
+                    "history": history,
                     "failures": failures,
                 },
                 indent=1,
