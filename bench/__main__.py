@@ -33,6 +33,7 @@ from bench import channels as ch
 from bench import cluster as cl
 from bench import fanout as fo
 from bench import history as hi
+from bench import nodejs
 from bench.common import LOADGEN_CPU, ROOT, SERVER_CPU, BenchError, Measurement, fmt, median, wait_connections
 from bench.proc import raise_nofile
 
@@ -40,6 +41,7 @@ SCENARIOS = ("idle", "echo", "fanout", "slow", "cluster", "emitter", "channels",
 #: what runs when no scenario is named (cluster, emitter, channels and churn need Redis and RabbitMQ, history Redis)
 DEFAULT_SCENARIOS = ("idle", "echo", "fanout", "slow")
 LABELS = {"rtgevent-bare": "rtgevent bare", "rtgevent-full": "rtgevent full", "socketio": "Flask-SocketIO"}
+IDLE_LABELS = {"rtgevent-full": "rtgevent", "reference": "reference", "socketio": "Flask-SocketIO"}
 KIB = 1024
 
 
@@ -79,9 +81,15 @@ QUICK = Plan(
 # ---------------------------------------------------------------------- scenarios
 
 
-def measure_idle(kind: str, conns: int, plan: Plan) -> dict[str, Any]:
+def idle_kinds(compression: bool) -> tuple[str, ...]:
+    """The servers of ``idle``: gevent-websocket (Flask-SocketIO) cannot negotiate permessage-deflate."""
+    return ("rtgevent-full", "reference") if compression else ("rtgevent-full", "reference", "socketio")
+
+
+def measure_idle(kind: str, conns: int, plan: Plan, compression: bool = False) -> dict[str, Any]:
     args = ["idle", "--conns", str(conns), "--concurrency", str(plan.idle_concurrency)]
-    with Measurement(kind, args) as m:
+    args += ["--compression"] if compression else []
+    with Measurement(kind, args, server_args=["--compression"] if compression else ()) as m:
         m.events.event("ready", 120)
         cpu0, rss0, gen0 = m.sample()
         m.tell("go")
@@ -97,6 +105,7 @@ def measure_idle(kind: str, conns: int, plan: Plan) -> dict[str, Any]:
     return {
         "kind": kind,
         "conns": conns,
+        "compression": compression,
         "connected": connected["connected"],
         "failed": connected["failed"],
         "errors": connected["errors"],
@@ -196,15 +205,17 @@ ECHO_FIGURES = (
 
 
 def idle_table(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[str]:
-    lines = [
-        "| connections | figure | rtgevent | Flask-SocketIO | rtgevent / Flask-SocketIO |",
-        "| ---: | --- | ---: | ---: | ---: |",
-    ]
+    """A column per server measured, then rtgevent's ratio to each of the others."""
+    kinds = [k for k in IDLE_LABELS if any(r["kind"] == k for r in results)] or ["rtgevent-full"]
+    others = [k for k in kinds if k != "rtgevent-full"]
+    head = [IDLE_LABELS[k] for k in kinds] + [f"rtgevent / {IDLE_LABELS[k]}" for k in others]
+    lines = ["| connections | figure | " + " | ".join(head) + " |", "| ---: | --- |" + " ---: |" * len(head)]
     for conns in sizes:
         for key, label in IDLE_FIGURES:
-            rt = median([r[key] for r in results if r["conns"] == conns and r["kind"] == "rtgevent-full"])
-            sio = median([r[key] for r in results if r["conns"] == conns and r["kind"] == "socketio"])
-            lines.append(f"| {conns:,} | {label} | {fmt(rt)} | {fmt(sio)} | {ratio(rt, sio)} |")
+            values = {k: median([r[key] for r in results if r["conns"] == conns and r["kind"] == k]) for k in kinds}
+            rt = values["rtgevent-full"]
+            cells = [fmt(values[k]) for k in kinds] + [ratio(rt, values[k]) for k in others]
+            lines.append(f"| {conns:,} | {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -250,7 +261,7 @@ def anomalies(idle: list[dict[str, Any]], echo: list[dict[str, Any]]) -> list[st
     """Everything that makes a figure suspect, one line each."""
     notes: list[str] = []
     for r in idle:
-        where = f"idle {r['conns']:,} {LABELS.get(r['kind'], r['kind'])}"
+        where = f"idle {r['conns']:,} {IDLE_LABELS.get(r['kind'], r['kind'])}"
         if r["failed"] or r["connected"] != r["conns"]:
             notes.append(f"{where}: {r['connected']}/{r['conns']} connected, errors {r['errors']}")
         if r["server_connections"] != r["connected"]:
@@ -347,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer connections and messages")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (median shown)")
     parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
+    parser.add_argument(
+        "--compression",
+        action="store_true",
+        help="idle: negotiate permessage-deflate and exchange one compressed message per connection "
+        "(rtgevent and the reference only)",
+    )
     args = parser.parse_args(argv)
     scenarios = args.scenarios or list(DEFAULT_SCENARIOS)
     unknown = sorted(set(scenarios) - set(SCENARIOS))
@@ -368,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile(1024)
 
     source = source_state()
+    # asked once, before the first run: it may have to install ws (npm ci)
+    node_missing = nodejs.unavailable() if "fanout" in scenarios else None
+    if node_missing:
+        print(node_missing, file=sys.stderr, flush=True)
     idle: list[dict[str, Any]] = []
     echo: list[dict[str, Any]] = []
     multi: dict[str, list[dict[str, Any]]] = {"cluster": [], "emitter": []}
@@ -383,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     for run in range(1, args.runs + 1):
         if "idle" in scenarios:
             for conns in plan.idle_sizes:
-                for kind in ("rtgevent-full", "socketio"):
+                for kind in idle_kinds(args.compression):
                     try:
-                        r = measure_idle(kind, conns, plan)
+                        r = measure_idle(kind, conns, plan, args.compression)
                     except (BenchError, OSError) as exc:
                         failures.append(f"run {run} idle {conns} {kind}: {exc}")
                         progress(failures[-1])
@@ -393,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["run"] = run
                     idle.append(r)
                     progress(
-                        f"run {run} idle {conns:>6,} {LABELS[kind]:<15} {r['mem_kib_per_conn']:7.1f} KiB/conn "
+                        f"run {run} idle {conns:>6,} {IDLE_LABELS[kind]:<15} {r['mem_kib_per_conn']:7.1f} KiB/conn "
                         f"{r['rate']:7.0f} conn/s  server {r['server_cpu_us_per_conn']:6.0f} µs/conn  "
                         f"loadgen {r['loadgen_cpu_us_per_conn']:6.0f} µs/conn  ({r['connected']} connected)"
                     )
@@ -417,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         for scenario, bplan in bplans.items():
             if scenario not in scenarios:
                 continue
-            for kind in fo.KINDS:
+            for kind in fo.kinds(scenario, node_missing is None):
                 try:
                     r = fo.measure(kind, scenario, bplan)
                 except (BenchError, OSError) as exc:
@@ -475,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     if after != source:
         source = f"{source} at the start, {after} at the end"
     conds = conditions(args.runs, args.quick, source)
+    if any(r["kind"] == "node" for r in broadcasts["fanout"]):
+        conds.append(nodejs.versions() + " (bench/node/server.js, pinned like the other servers)")
     if multi["cluster"] or multi["emitter"]:
         conds.append(cl.conditions(cplan))
     if rooms["channels"] or rooms["churn"]:
@@ -485,7 +508,17 @@ def main(argv: list[str] | None = None) -> int:
         conds.append(cl.service_versions())
     out: list[str] = ["", *(f"- {line}" for line in conds), ""]
     if idle:
-        out += ["Idle connections (rtgevent: plain WebSocket upgrade; Flask-SocketIO: EIO4 + SIO5 handshake)", ""]
+        if args.compression:
+            out += [
+                "Idle connections with permessage-deflate (each negotiated it and exchanged one compressed "
+                "message; Flask-SocketIO's gevent-websocket has no compression)",
+                "",
+            ]
+        else:
+            out += [
+                "Idle connections (rtgevent, reference: a plain WebSocket upgrade; Flask-SocketIO: EIO4 + SIO5)",
+                "",
+            ]
         out += [*idle_table(idle, plan.idle_sizes), ""]
     if echo:
         out += [f"Echo, {plan.echo_clients} clients in closed loop (target for full / bare: <= 1.2x server CPU)", ""]
@@ -496,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
             out += [fo.heading(scenario, bplans[scenario]), ""]
             out += [*fo.table(scenario, results), ""]
             out += [*fo.targets(scenario, results, bplans[scenario]), ""]
+            if scenario == "fanout" and node_missing:
+                out += [node_missing, ""]
     if multi["cluster"]:
         out += [cl.heading("cluster", cplan), ""]
         out += [*cl.table("cluster", multi["cluster"], cplan), ""]

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.proc import cpu_seconds, rss_kib, system_cpu
+from bench import nodejs
+from bench.proc import cpu_seconds, raise_nofile, rss_kib, system_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CPU = "0"
@@ -129,13 +130,32 @@ def call_figures(durations: list[float]) -> dict[str, float]:
     return {"call_p50_ms": at(0.50), "call_p99_ms": at(0.99), "call_max_ms": durations[-1] * 1000}
 
 
+def server_command(kind: str, server_args: Sequence[str] = ()) -> list[str]:
+    """The command of a server under test, pinned to `SERVER_CPU`: `bench.servers`, or the Node one."""
+    if kind == "node":
+        return ["taskset", "-c", SERVER_CPU, *nodejs.server_command(), *server_args]
+    return ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "bench.servers", kind, "--port", "0", *server_args]
+
+
+def _node_nofile() -> None:
+    """In the Node server's child before ``exec``: Node does not raise its open-files limit itself."""
+    raise_nofile(20000)
+
+
 class Measurement:
     """One server process and one load generator process, stopped on exit."""
 
-    def __init__(self, kind: str, loadgen_args: Sequence[str], loadgen_module: str = "bench.loadgen") -> None:
+    def __init__(
+        self,
+        kind: str,
+        loadgen_args: Sequence[str],
+        loadgen_module: str = "bench.loadgen",
+        server_args: Sequence[str] = (),
+    ) -> None:
         self.kind = kind
         self.loadgen_args = list(loadgen_args)
         self.loadgen_module = loadgen_module
+        self.server_args = list(server_args)
         self.server: subprocess.Popen[bytes] | None = None
         self.loadgen: subprocess.Popen[bytes] | None = None
         self.server_log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in __exit__)
@@ -145,12 +165,13 @@ class Measurement:
     def __enter__(self) -> Measurement:
         try:
             self.server = subprocess.Popen(
-                ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "bench.servers", self.kind, "--port", "0"],
+                server_command(self.kind, self.server_args),
                 stdout=subprocess.PIPE,
                 stderr=self.server_log,
                 stdin=subprocess.DEVNULL,
                 cwd=ROOT,
                 env=child_env(),
+                preexec_fn=_node_nofile if self.kind == "node" else None,
             )
             ready = LineReader(self.server, f"server {self.kind}").line(60)
             if not ready.startswith("READY "):

@@ -13,6 +13,10 @@ ended, and what each slow client finds when it finally reads: EOF, a reset, or n
 
 Both run rtgevent (``rtgevent-full``: ``rt.broadcast`` with the JSON codec) and Flask-SocketIO
 (``socketio.emit``) back to back in each run, through `bench.servers` and `bench.receiver`.
+``fanout`` also runs, in the same run, the two servers that say where the ceiling is: the
+minimal gevent + websockets sans-I/O server (`bench.reference`) and, where Node is available,
+a Node ``ws`` server (``bench/node/server.js``), both sending rtgevent's envelope, so the
+ratios to them are measured side by side rather than remembered from another day.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from typing import Any
 from bench.common import Measurement, fmt, median, wait_connections
 from bench.proc import rss_kib
 
-KINDS = ("rtgevent-full", "socketio")
-LABELS = {"rtgevent-full": "rtgevent", "socketio": "Flask-SocketIO"}
+#: the servers of each scenario, in the order they run (``node`` only where it can run)
+KINDS = {"fanout": ("rtgevent-full", "reference", "socketio", "node"), "slow": ("rtgevent-full", "socketio")}
+LABELS = {"rtgevent-full": "rtgevent", "reference": "reference", "socketio": "Flask-SocketIO", "node": "Node ws"}
 KIB = 1024
 #: the readers of ``slow`` keep up when none is lost and p99 stays under this
 KEEP_UP_P99_MS = 100.0
@@ -201,15 +206,25 @@ SLOW_FIGURES = (
 COUNTS = frozenset({"received", "lost", "server_closes_n", "slow_closed_n"})
 
 
+def kinds(scenario: str, node: bool) -> tuple[str, ...]:
+    """The servers ``scenario`` measures; ``node``: whether the Node server can run."""
+    return tuple(k for k in KINDS[scenario] if node or k != "node")
+
+
 def table(scenario: str, results: list[dict[str, Any]]) -> list[str]:
-    lines = ["| figure | rtgevent | Flask-SocketIO | rtgevent / Flask-SocketIO |", "| --- | ---: | ---: | ---: |"]
+    """One column per server measured, then rtgevent's ratio to each of the others."""
+    present = [k for k in KINDS[scenario] if any(r["kind"] == k for r in results)] or ["rtgevent-full"]
+    others = [k for k in present if k != "rtgevent-full"]
+    head = [LABELS[k] for k in present] + [f"rtgevent / {LABELS[k]}" for k in others]
+    lines = ["| figure | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(head)]
     for key, label in FANOUT_FIGURES if scenario == "fanout" else SLOW_FIGURES:
-        rt, sio = _median(results, "rtgevent-full", key), _median(results, "socketio", key)
+        values = {k: _median(results, k, key) for k in present}
         if key in COUNTS:
-            cells = [f"{v:,.0f}" if math.isfinite(v) else "n/a" for v in (rt, sio)]
-            lines.append(f"| {label} | {cells[0]} | {cells[1]} | |")
+            cells = [f"{values[k]:,.0f}" if math.isfinite(values[k]) else "n/a" for k in present] + [""] * len(others)
         else:
-            lines.append(f"| {label} | {fmt(rt)} | {fmt(sio)} | {_ratio(rt, sio)} |")
+            rt = values["rtgevent-full"]
+            cells = [fmt(values[k]) for k in present] + [_ratio(rt, values[k]) for k in others]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -228,7 +243,8 @@ def heading(scenario: str, plan: BroadcastPlan) -> str:
     if scenario == "fanout":
         return (
             f"Fanout: {plan.clients:,} clients, the server broadcasts {plan.count} messages of {plan.size} B back to "
-            f"back (goals: server CPU per delivery <= {GOAL_CPU_RATIO:g}x, p99 <= {GOAL_P99_RATIO:g}x Flask-SocketIO)"
+            f"back (goals: server CPU per delivery <= {GOAL_CPU_RATIO:g}x, p99 <= {GOAL_P99_RATIO:g}x Flask-SocketIO; "
+            "reference: gevent pywsgi + websockets' sans-I/O protocol, a writer greenlet and a queue per connection)"
         )
     rate = 1 / plan.interval if plan.interval else float("inf")
     return (
@@ -253,6 +269,17 @@ def targets(scenario: str, results: list[dict[str, Any]], plan: BroadcastPlan) -
         ):
             value = rt[key] / sio[key] if sio[key] else float("nan")
             lines.append(f"Target fanout {label} <= {goal:g}x Flask-SocketIO: {value:.2f}x: {verdict(value <= goal)}")
+        for other in ("reference", "node"):
+            if any(r["kind"] == other for r in results):
+                ratios = ", ".join(
+                    f"{label} {_ratio(rt[key], _median(results, other, key))}"
+                    for key, label in (
+                        ("rate", "deliveries/s"),
+                        ("server_cpu_us_per_delivery", "server CPU per delivery"),
+                        ("p99_ms", "p99"),
+                    )
+                )
+                lines.append(f"rtgevent / {LABELS[other]}: {ratios}")
         return lines
     mine = [r for r in results if r["kind"] == "rtgevent-full"]
     keep_up = all(r["lost"] == 0 and r["p99_ms"] <= KEEP_UP_P99_MS for r in mine)

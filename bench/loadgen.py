@@ -8,7 +8,8 @@ Run as its own process (the driver pins it to another CPU than the server)::
 ``KIND`` is a server kind of `bench.servers` and decides the wire protocol: a plain
 WebSocket to ``/ws`` for rtgevent (raw frames for ``rtgevent-bare``, JSON envelopes with an
 ``id`` for ``rtgevent-full``), Engine.IO v4 + Socket.IO v5 over the websocket transport for
-``socketio`` (``0{...}`` open packet, ``40`` / ``40{...}`` connect, events with an ack id).
+``socketio`` (``0{...}`` open packet, ``40`` / ``40{...}`` connect, events with an ack id), and
+raw frames to ``/ws`` for ``reference`` and ``node``, which echo data frames as they come.
 
 It talks to the driver with one JSON object per stdout line and one word per stdin line, so
 the driver can read the server's /proc figures exactly between phases:
@@ -33,6 +34,7 @@ import random
 import string
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -143,8 +145,17 @@ class WSConn:
             pass
 
 
-def connect(port: int, path: str, timeout: float) -> WSConn:
-    """TCP connect and WebSocket upgrade; raises on refusal or after ``timeout``."""
+#: what a browser offers (RFC 7692): deflate, and the server may limit the client's window
+DEFLATE_OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+#: the client's LZ77 window: within any ``client_max_window_bits`` a server may answer (8 to 15)
+CLIENT_WBITS = 9  # zlib makes no 8-bit raw deflate streams; a 9-bit one is within any limit but 8
+
+
+def connect(port: int, path: str, timeout: float, deflate: bool = False) -> WSConn:
+    """TCP connect and WebSocket upgrade; raises on refusal or after ``timeout``.
+
+    ``deflate``: offer permessage-deflate and raise unless the server accepted it.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
@@ -158,7 +169,9 @@ def connect(port: int, path: str, timeout: float) -> WSConn:
             + str(port).encode()
             + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
             + key
-            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + b"\r\nSec-WebSocket-Version: 13\r\n"
+            + (DEFLATE_OFFER if deflate else b"")
+            + b"\r\n"
         )
         buf = bytearray()
         while b"\r\n\r\n" not in buf:
@@ -175,6 +188,8 @@ def connect(port: int, path: str, timeout: float) -> WSConn:
         accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
         if accept not in head:
             raise ValueError("bad Sec-WebSocket-Accept")
+        if deflate and b"permessage-deflate" not in head.lower():
+            raise ValueError("the server did not accept permessage-deflate")
         sock.settimeout(None)
         return WSConn(sock, bytearray(rest))
     except BaseException:
@@ -298,13 +313,17 @@ class SocketIOProtocol(Protocol):
 
 
 def make_protocol(kind: str, payload: bytes) -> Protocol:
-    if kind == "rtgevent-bare":
+    if kind in ("rtgevent-bare", "reference", "node"):  # the two others echo frames too
         return BareProtocol(payload)
     if kind == "rtgevent-full":
         return EnvelopeProtocol(payload)
     if kind == "socketio":
         return SocketIOProtocol(payload)
     raise ValueError(f"unknown kind {kind!r}")
+
+
+#: the server kinds of `bench.servers`, and the Node server (``bench/node/server.js``)
+KINDS = ("rtgevent-bare", "rtgevent-full", "socketio", "reference", "node")
 
 
 def make_payload(size: int) -> bytes:
@@ -367,11 +386,14 @@ def _count(errors: dict[str, int], exc: BaseException) -> None:
 # ---------------------------------------------------------------------- scenarios
 
 
-def open_session(proto: Protocol, port: int, timeout: float) -> WSConn:
-    conn = connect(port, proto.path, timeout)
+def open_session(proto: Protocol, port: int, timeout: float, deflate: bool = False) -> WSConn:
+    """Connect and do ``proto``'s handshake; with ``deflate``, also one compressed request and answer."""
+    conn = connect(port, proto.path, timeout, deflate)
     try:
         conn.sock.settimeout(timeout)
         proto.handshake(conn)
+        if deflate:
+            exchange_compressed(proto, conn)
         conn.sock.settimeout(None)
     except BaseException:
         conn.close(polite=False)
@@ -379,9 +401,25 @@ def open_session(proto: Protocol, port: int, timeout: float) -> WSConn:
     return conn
 
 
+def exchange_compressed(proto: Protocol, conn: WSConn) -> None:
+    """One request sent compressed (RSV1) and its answer decompressed and checked.
+
+    So that the server's deflate state exists in both directions, as on a connection that
+    has carried a message, not only negotiated.  The client's compressor and decompressor
+    live for this one message: the client's memory is not what is measured.
+    """
+    compressor = zlib.compressobj(wbits=-CLIENT_WBITS)
+    data = compressor.compress(proto.request(1)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    conn.send(data[:-4], 0x40 | 0x1)  # RFC 7692 section 7.2.1: without the final 00 00 ff ff
+    answer = zlib.decompressobj(wbits=-15).decompress(proto.recv_answer(conn) + b"\x00\x00\xff\xff")
+    if not proto.check(1, answer):
+        raise ValueError(f"unexpected answer to the compressed request: {answer[:60]!r}")
+
+
 def run_idle(proto: Protocol, port: int, args: argparse.Namespace, control: Control) -> None:
+    deflate = args.compression
     # warm-up: the server's lazy imports and first-connection work are not measured
-    warm = [open_session(proto, port, args.timeout) for _ in range(args.warmup)]
+    warm = [open_session(proto, port, args.timeout, deflate) for _ in range(args.warmup)]
     for conn in warm:
         conn.close()
     gevent.sleep(0.5)
@@ -397,7 +435,7 @@ def run_idle(proto: Protocol, port: int, args: argparse.Namespace, control: Cont
     def one() -> None:
         with gate:
             try:
-                conn = open_session(proto, port, args.timeout)
+                conn = open_session(proto, port, args.timeout, deflate)
             except Exception as exc:
                 _count(errors, exc)
                 return
@@ -521,7 +559,7 @@ def run_echo(proto: Protocol, port: int, args: argparse.Namespace, control: Cont
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("rtgevent-bare", "rtgevent-full", "socketio"))
+    parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=30.0, help="connect / handshake / answer bound, seconds")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="bound on any wait for the driver")
@@ -531,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     idle.add_argument("--concurrency", type=int, default=100, help="handshakes in flight at once")
     idle.add_argument("--connect-limit", type=float, default=180.0, help="bound on the connect phase, seconds")
     idle.add_argument("--warmup", type=int, default=20, help="connections opened and closed first")
+    idle.add_argument(
+        "--compression", action="store_true", help="negotiate permessage-deflate, one compressed message each"
+    )
     echo = sub.add_parser("echo")
     echo.add_argument("--clients", type=int, default=50)
     echo.add_argument("--size", type=int, default=100, help="payload bytes")

@@ -37,7 +37,7 @@ import gevent
 from gevent import socket
 from gevent.lock import Semaphore
 
-from bench.loadgen import Control, Protocol, WSConn, cpu_now, emit, make_protocol, open_session, percentile
+from bench.loadgen import KINDS, Control, Protocol, WSConn, cpu_now, emit, make_protocol, open_session, percentile
 from bench.proc import raise_nofile
 
 #: the ``"<i>:<monotonic seconds>:`` prefix of every broadcast's data, in either wire format
@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.receiver", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("rtgevent-full", "socketio"))
+    parser.add_argument("kind", choices=[k for k in KINDS if k != "rtgevent-bare"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--clients", type=int, required=True, help="connections that read")
     parser.add_argument("--slow", type=int, default=0, help="connections that never read after the handshake")

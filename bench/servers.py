@@ -10,6 +10,11 @@ Kinds:
   and ``@rt.route("echo")`` returning ``msg.data`` (decode, route, middleware, ``rt.reply``, encode).
 * ``socketio``: Flask-SocketIO 5.x, ``async_mode="gevent"``, served by gevent-websocket's
   ``WebSocketHandler``; ``@socketio.on("echo")`` returns its data (the client's ack).
+* ``reference``: the gevent ceiling, `bench.reference`: pywsgi and websockets' sans-I/O
+  ``ServerProtocol``, three greenlets and a bounded queue per connection; it echoes every
+  data frame and broadcasts the same JSON envelope as ``rtgevent-full``.
+
+(``node``, the Node ``ws`` server the driver compares with, is ``bench/node/server.js``.)
 
 rtgevent is served at ``/ws`` by plain ``gevent.pywsgi.WSGIServer`` (the framework does the
 handshake itself); Flask-SocketIO at ``/socket.io/``.  Both servers log no access lines.
@@ -17,7 +22,10 @@ handshake itself); Flask-SocketIO at ``/socket.io/``.  Both servers log no acces
 number of Engine.IO sockets) so the driver can check that every connection is really there,
 plus what the broadcaster did and every session that ended since it started (`Broadcaster`).
 ``POST /_bench/broadcast?count=N&interval=S&size=B`` starts the broadcaster of the ``fanout``
-and ``slow`` scenarios (``rtgevent-full``: ``rt.broadcast``; ``socketio``: ``socketio.emit``).
+and ``slow`` scenarios (``rtgevent-full``: ``rt.broadcast``; ``socketio``: ``socketio.emit``;
+``reference``: `ReferenceServer.broadcast` of ``{"route":"tick","data":...}``).
+``--compression`` turns permessage-deflate on (rtgevent: ``Config(compression=True)``;
+``reference``: websockets' own server settings); gevent-websocket has none.
 
 The process prints ``READY <port>`` once listening and serves until SIGTERM or SIGINT.
 """
@@ -45,7 +53,9 @@ from bench.proc import raise_nofile  # noqa: E402
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-KINDS = ("rtgevent-bare", "rtgevent-full", "socketio")
+KINDS = ("rtgevent-bare", "rtgevent-full", "socketio", "reference")
+#: rtgevent's JSON codec writes no spaces: the reference's envelope is the same bytes
+COMPACT: dict[str, Any] = {"separators": (",", ":")}
 #: listen backlog: connection storms of a few hundred in flight must not overflow it
 BACKLOG = 2048
 
@@ -112,12 +122,12 @@ class Broadcaster:
         return "202 Accepted", {"started": True}
 
 
-def make_rtgevent(kind: str) -> WSGIApp:
+def make_rtgevent(kind: str, compression: bool = False) -> WSGIApp:
     from rtgevent import Config, DisconnectInfo, Message, Realtime, Session, recovery
 
     # max_connections: the default cap (10,000) would refuse part of the 10,000-connection scenario
     # (a warm-up connection may still be closing); everything else is the default Config.
-    config = Config(max_connections=None)
+    config = Config(max_connections=None, compression=compression)
     if kind == "rtgevent-bare":
 
         class BareCodec:
@@ -162,6 +172,24 @@ def make_rtgevent(kind: str) -> WSGIApp:
     return app
 
 
+def make_reference(compression: bool = False) -> WSGIApp:
+    from bench.reference import ReferenceServer
+
+    broadcaster = Broadcaster(lambda data: server.broadcast(json.dumps({"route": "tick", "data": data}, **COMPACT)))
+    server = ReferenceServer(compression, on_close=broadcaster.closed)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO")
+        if path == "/_bench/stats":
+            return _json_response(start_response, {"connections": len(server.conns), **broadcaster.stats()})
+        if path == "/_bench/broadcast" and environ.get("REQUEST_METHOD") == "POST":
+            status, body = broadcaster.handle(environ.get("QUERY_STRING", ""))
+            return _json_response(start_response, body, status)
+        return server(environ, start_response)
+
+    return app
+
+
 def make_socketio() -> WSGIApp:
     from flask import Flask, Response, request
     from flask_socketio import SocketIO  # type: ignore[import-untyped]
@@ -197,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (printed in READY)")
     parser.add_argument("--nofile", type=int, default=20000, help="wanted RLIMIT_NOFILE")
+    parser.add_argument("--compression", action="store_true", help="offer permessage-deflate (not socketio)")
     args = parser.parse_args(argv)
     if args.host != "127.0.0.1":
         parser.error("the benchmark servers listen on 127.0.0.1 only")
+    if args.compression and args.kind == "socketio":
+        parser.error("gevent-websocket has no permessage-deflate: --compression is for the other kinds")
     raise_nofile(args.nofile)
 
     server: WSGIServer
@@ -209,8 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         server = WSGIServer(
             (args.host, args.port), make_socketio(), backlog=BACKLOG, log=None, handler_class=WebSocketHandler
         )
+    elif args.kind == "reference":
+        server = WSGIServer((args.host, args.port), make_reference(args.compression), backlog=BACKLOG, log=None)
     else:
-        server = WSGIServer((args.host, args.port), make_rtgevent(args.kind), backlog=BACKLOG, log=None)
+        app = make_rtgevent(args.kind, args.compression)
+        server = WSGIServer((args.host, args.port), app, backlog=BACKLOG, log=None)
     server.start()
     stop = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
