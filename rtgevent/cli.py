@@ -112,16 +112,30 @@ def _serve(
     broker: str | None = None,
     presence: str | None = None,
     history: str | None = None,
+    admin_token: str | None = None,
 ) -> int:
     from .realtime import Realtime, instances
     from .transport.server import parse_bind
 
     host, port = parse_bind(bind)
-    for rt in list(instances):
-        if isinstance(rt, Realtime):
-            _connect(rt, broker, presence, history)
+    realtimes = [rt for rt in list(instances) if isinstance(rt, Realtime)]
+    for rt in realtimes:
+        _connect(rt, broker, presence, history)
+    if admin_token:
+        app = _with_admin(app, realtimes, admin_token)
     serve(app, host, port, header_timeout=header_timeout, certfile=certfile, keyfile=keyfile)
     return 0
+
+
+def _with_admin(app: Any, realtimes: list[Any], token: str) -> Any:
+    """``--admin-token``: the admin page of the application's one `Realtime` at ``/admin``, in front of ``app``."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    if len(realtimes) != 1:
+        raise SystemExit(
+            f"rtgevent: --admin-token needs exactly one Realtime in the application, found {len(realtimes)}"
+        )
+    return DispatcherMiddleware(app, {"/admin": realtimes[0].admin_app(token)})
 
 
 def _connect(rt: Any, broker: str | None, presence: str | None, history: str | None = None) -> None:
@@ -215,6 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--history", default=os.environ.get("RTGEVENT_HISTORY_URL"), help="history URL (redis://), for recovery"
     )
     serve.add_argument(
+        "--admin-token",
+        default=os.environ.get("RTGEVENT_ADMIN_TOKEN"),
+        help="serve the admin page at /admin behind this token (better: RTGEVENT_ADMIN_TOKEN, not seen in ps)",
+    )
+    serve.add_argument(
         "--header-timeout", type=float, default=10.0, help="seconds a client may take to send its request headers"
     )
     demo = sub.add_parser("demo", help="run the demo page, with embedded defaults")
@@ -258,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.broker,
             args.presence,
             args.history,
+            args.admin_token,
         )
     from .demo import make_demo_app
 

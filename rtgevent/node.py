@@ -4,6 +4,10 @@ A node consumes two topics: the broadcast topic and its own (identity sends and 
 aimed at its sessions).  Its sessions stay alive in presence exactly while its lease
 does, so the lease is renewed every third of ``presence_ttl``.
 
+With the admin page on (`Node.write_stats`), a small greenlet of its own also writes the
+node's stats record into presence every few seconds: the page reads the whole cluster from
+the store instead of asking every node.
+
 A node starts whatever its servers do: a broker or presence store that does not answer
 at start (or later) is logged once and retried in the background with backoff
 (`rtgevent.retry`), and once presence answers again every local session is registered
@@ -19,6 +23,7 @@ the worker's stop signals close every session with 1001 at once, with or without
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import signal
@@ -46,6 +51,8 @@ __all__ = ["Node", "NotMonkeyPatched", "drain_on_worker_stop", "gunicorn_worker"
 
 ErrorSink = Callable[[BaseException], None]
 Drain = Callable[[], object]
+#: builds the node's stats record (a small JSON-serialisable dict) each time it is written
+StatsBuilder = Callable[[], dict[str, Any]]
 
 #: how a node retries what did not answer: 0.1 s doubling to 5 s, jittered
 RETRY_START, RETRY_CAP = 0.1, 5.0
@@ -192,6 +199,10 @@ class Node:
         self._stopped = False
         #: the fork generation this node's process checks passed in (-1: not yet)
         self._checked = -1
+        #: when `start` ran (UTC), for the stats record
+        self.started_at: datetime.datetime | None = None
+        #: what `write_stats` asked for: the record's builder and how often to write it
+        self._stats_record: tuple[StatsBuilder, float] | None = None
 
     @property
     def broker(self) -> Broker:
@@ -246,6 +257,7 @@ class Node:
             raise AlreadyStarted()
         require_monkey_patching("cannot start the node")
         self.fanout.publishing = True
+        self.started_at = datetime.datetime.now(datetime.UTC)
         node_id = self.config.node_id
         for topic in (BROADCAST_TOPIC, node_topic(node_id)):
             if not self._subscribe(topic, first=True):
@@ -261,6 +273,8 @@ class Node:
                 _describe(exc),
             )
         self._greenlets.append(gevent.spawn(self._renew_forever))
+        if self._stats_record is not None:
+            self._greenlets.append(gevent.spawn(self._write_stats_forever))
 
     def _subscribe(self, topic: str, *, first: bool) -> bool:
         try:
@@ -321,6 +335,41 @@ class Node:
                     reported = True  # one report per outage, not one per retry
                     self._report(exc)
                 self._presence_stale = True
+
+    # ------------------------------------------------------------------ the stats record (admin page)
+
+    def write_stats(self, build: StatsBuilder, period: float) -> None:
+        """Write ``build()`` into presence as this node's stats record every ``period`` s while started.
+
+        Only a store with ``publish_node_stats`` (a `NodeDirectory`) keeps one; with another
+        the admin page shows the node from its lease alone.  The record lives
+        ``max(presence_ttl, 3 * period)`` seconds, so it outlives a late write but not the
+        lease by much; the page shows only the records of live leases anyway.  Called once
+        (a second call replaces the builder); effective at `start`, or at once if started.
+        """
+        first = self._stats_record is None
+        self._stats_record = (build, period)
+        if first and self.started and not self._stopped:
+            self._greenlets.append(gevent.spawn(self._write_stats_forever))
+
+    def _write_stats_forever(self) -> None:
+        publish = getattr(self.presence, "publish_node_stats", None)
+        if publish is None:
+            return
+        node_id = self.config.node_id
+        failing = False
+        while not self._stopped and self._stats_record is not None:
+            build, period = self._stats_record
+            try:
+                publish(node_id, build(), max(self.config.presence_ttl, 3 * period))
+                failing = False
+            except Exception as exc:
+                # the renewer reports a presence outage already: one line here, at debug level
+                if not failing:
+                    self._logger.debug("rtgevent: could not write the node's stats record: %s", _describe(exc))
+                failing = True
+            if self._stop.wait(period):
+                return
 
     def _register_all(self) -> None:
         hub = self.fanout.hub

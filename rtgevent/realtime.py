@@ -46,6 +46,7 @@ from .types import Initiator, SessionInfo
 if TYPE_CHECKING:
     from flask import Blueprint, Flask
 
+    from .admin import AdminApp, NodeRecorder
     from .events import KombuEvents
     from .testing import TestClient
     from .types import Identity
@@ -58,6 +59,9 @@ instances: weakref.WeakSet[Realtime] = weakref.WeakSet()
 
 class Realtime(App):
     """A realtime gateway: a WSGI application plus the API of SPEC section 4."""
+
+    #: this node's stats record for the admin page, once `admin_app` turned it on
+    _admin_recorder: NodeRecorder | None = None
 
     def __init__(
         self,
@@ -322,6 +326,44 @@ class Realtime(App):
         from .flask import init_app
 
         return init_app(self, app, path)
+
+    def admin_app(self, token: str, *, refresh: float = 3.0, stats_interval: float = 2.0) -> AdminApp:
+        """The admin page as a WSGI application, protected by ``token`` (see `rtgevent.admin`).
+
+        Mount it anywhere (``DispatcherMiddleware(app, {"/admin": rt.admin_app(token)})``;
+        ``rtgevent serve --admin-token`` mounts it at ``/admin``).  The first call also turns
+        on this node's stats record, written into presence every ``stats_interval`` seconds
+        (the page reads every node's from there), so call it on every node, before the
+        gateway serves, like a registration: the same application code on each node does.
+        ``refresh`` is how often the page asks for the state.  A shared presence store
+        (`RedisPresence`) shows the whole cluster; `MemoryPresence` this process.
+        """
+        from .admin import AdminApp, NodeRecorder
+
+        app = AdminApp(self, token, refresh=refresh)  # checks the token first: a refused one turns nothing on
+        if self._admin_recorder is None:
+            if self.serving:
+                raise AlreadyStarted("cannot call admin_app() once the application is serving")
+            recorder = NodeRecorder(self, stats_interval)
+            self.on_disconnect(recorder.disconnected)
+            self.node.write_stats(recorder.record, stats_interval)
+            self._admin_recorder = recorder
+        return app
+
+    def admin_blueprint(
+        self,
+        token: str,
+        *,
+        name: str = "rtgevent_admin",
+        url_prefix: str = "/admin",
+        refresh: float = 3.0,
+        stats_interval: float = 2.0,
+    ) -> Blueprint:
+        """The admin page as a Flask blueprint at ``url_prefix``: `admin_app` for Flask applications."""
+        from .admin import admin_blueprint
+
+        admin = self.admin_app(token, refresh=refresh, stats_interval=stats_interval)
+        return admin_blueprint(admin, name=name, url_prefix=url_prefix)
 
     def test_client(self, identity: Identity | None = None) -> TestClient:
         """A client that drives handlers without a socket (see `rtgevent.testing`)."""

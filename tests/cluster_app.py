@@ -8,8 +8,10 @@ keep presence and tell their subscribers who joins and leaves (``rt.join`` / ``r
 ``seen:`` ones keep presence only; ``hist:`` ones keep history (``history_size``, 2,000 by
 default, for 300 s) in the store at ``history`` (a URL; each node's memory without one),
 which also keeps every identity's personal stream when ``identity_history`` (a size) is set;
-every other channel none of these.  With a ``history`` store the broker is not wrapped in
-`CountingBroker`, so a `RedisHistory` on the broker's Redis publishes in its append script.
+every other channel none of these.  With ``admin_token`` the admin page is served at
+``/admin`` (its stats record written every ``admin_interval`` s, 1 by default).  With a
+``history`` store the broker is not wrapped in `CountingBroker`, so a `RedisHistory` on the
+broker's Redis publishes in its append script.
 """
 
 from __future__ import annotations
@@ -135,4 +137,10 @@ def make_node() -> Callable[..., Iterable[bytes]]:
             return disconnects
         return {"error": f"unknown action {action}"}
 
-    return with_control(rt, control)
+    app = with_control(rt, control)
+    if spec.get("admin_token"):
+        from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+        admin = rt.admin_app(spec["admin_token"], refresh=1.0, stats_interval=spec.get("admin_interval", 1.0))
+        return DispatcherMiddleware(app, {"/admin": admin})
+    return app

@@ -48,7 +48,7 @@ FLOORS: list[set[str]] = [
     {"broker.redis", "broker.kombu", "broker", "presence.redis", "presence", "events", "history.redis", "history"},
     {"delivery", "gate", "rooms"},
     {"app", "node", "emitter"},
-    {"realtime", "testing", "flask", "metrics", "client"},
+    {"realtime", "testing", "flask", "metrics", "client", "admin"},
     {"gunicorn", "transport.server", "demo", "cli", "__main__", "transport", ""},
 ]
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+from collections import Counter
+from typing import Any
 
 from ..channels import check_channel
 from ..types import SessionInfo
+from .base import NodeLease, OnlineIdentity, identity_matches
 
 __all__ = ["MemoryPresence"]
 
@@ -28,6 +33,8 @@ class MemoryPresence:
         #: channel -> its members (session id -> info), and each member's channels
         self._members: dict[str, dict[str, SessionInfo]] = {}
         self._joined: dict[str, set[str]] = {}
+        #: node id -> (its stats record, when it expires on the monotonic clock)
+        self._node_stats: dict[str, tuple[dict[str, Any], float]] = {}
 
     def register(self, info: SessionInfo) -> int:
         key = (info.tenant_id, info.identity_id)
@@ -114,6 +121,37 @@ class MemoryPresence:
     def renew(self, node_id: str, ttl: float) -> None:
         """Nothing to renew: entries live exactly as long as this process."""
 
+    # ------------------------------------------------------------------ NodeDirectory (the admin page)
+
+    def publish_node_stats(self, node_id: str, record: dict[str, Any], ttl: float) -> None:
+        """Keep a copy of ``record`` for ``ttl`` seconds (a JSON round trip, as Redis would store it)."""
+        copy = json.loads(json.dumps(record))
+        with self._lock:
+            self._node_stats[node_id] = (copy, time.monotonic() + ttl)
+
+    def nodes(self, limit: int = 1000) -> list[NodeLease]:
+        """Nodes with a session or an unexpired stats record; no leases here, so ``expires_in`` is None."""
+        now = time.monotonic()
+        with self._lock:
+            for node_id in [n for n, (_, until) in self._node_stats.items() if until <= now]:
+                del self._node_stats[node_id]
+            counts = Counter(info.node_id for info in self._sessions.values())
+            names = sorted(set(counts) | set(self._node_stats))[:limit]
+            return [
+                NodeLease(n, counts.get(n, 0), None, self._node_stats[n][0] if n in self._node_stats else None)
+                for n in names
+            ]
+
+    def online_identities(self, search: str = "", limit: int = 500) -> list[OnlineIdentity]:
+        with self._lock:
+            found = [
+                OnlineIdentity(tenant, identity, len(ids))
+                for (tenant, identity), ids in self._by_identity.items()
+                if identity_matches(search, tenant, identity)
+            ]
+        found.sort(key=lambda o: (o.tenant_id, o.identity_id))
+        return found[:limit]
+
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()
@@ -122,3 +160,4 @@ class MemoryPresence:
             self._last.clear()
             self._members.clear()
             self._joined.clear()
+            self._node_stats.clear()

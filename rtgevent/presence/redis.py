@@ -20,6 +20,7 @@ a key: tenants are separate worlds)::
                                                                 "<remote_addr>","<connected_at>"]'
     <ns>:chancount:<channel>              hash  node_id -> how many members the channel has on that node
     <ns>:nodechan:<node_id>               set   '<esc(session_id)>:<channel>'
+    <ns>:nodestats:<node_id>              string the node's stats record for the admin page (JSON, with a TTL)
 
 The hash value is a compact JSON array rather than `SessionInfo.to_json`: session id, tenant
 and identity are already spelled by the field and the key, ``expires_at`` is the node's
@@ -71,6 +72,11 @@ caller gets `BrokerUnavailable`), so the first renew that reaches Redis again wr
 This assumes one presence object writes each node id, which is how `Realtime` uses it (one
 node id per process).
 
+The admin page (`NodeDirectory`): each node keeps a small stats record under its own key
+with a TTL (one ``SET``); `nodes` reads the live leases, each node's set size and record in
+one script, and `online_identities` walks the node sets of live nodes with ``SSCAN``, so
+a node that died is out of both answers as soon as its lease ends, purged or not.
+
 The scripts name keys they compute (the identity hashes of a purged node), so this store
 needs a single Redis (or a primary with replicas), not Redis Cluster.  Redis >= 5.
 """
@@ -95,6 +101,7 @@ from ..channels import check_channel
 from ..errors import BrokerUnavailable, InvalidOption
 from ..retry import backoff_delay, redact_url, redis_client
 from ..types import SessionInfo
+from .base import NodeLease, OnlineIdentity, identity_matches
 
 __all__ = ["RedisPresence"]
 
@@ -319,6 +326,35 @@ return left
 """
 )
 
+# The live nodes: for each, its lease (seconds left, by Redis' clock), the size of its session
+# set and its stats record (nil when it wrote none).  ARGV: the node-set prefix, the stats
+# prefix, the most nodes to list.  Floats go back as strings (Redis truncates Lua numbers).
+_NODES_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.6f', now), '+inf',
+                        'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for i = 1, #live, 2 do
+  local node = live[i]
+  out[#out + 1] = node
+  out[#out + 1] = string.format('%.3f', tonumber(live[i + 1]) - now)
+  out[#out + 1] = redis.call('SCARD', ARGV[1] .. node)
+  out[#out + 1] = redis.call('GET', ARGV[2] .. node)
+end
+return out
+"""
+
+# The ids of the live nodes, at most ARGV[1] of them.
+_LIVE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.6f', now), '+inf', 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+
+#: Members one ``SSCAN`` step asks for while listing who is online.
+_SCAN_COUNT = 500
+
 #: Chunks one `purge_node` call works through at most (x `purge_chunk` = 5M sessions by default).
 _PURGE_ROUNDS = 10_000
 
@@ -342,6 +378,28 @@ def _unesc(text: str) -> str:
 def _text(value: bytes | str) -> str:
     """Redis replies are bytes unless the caller's client decodes them; accept both."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob(search: str) -> str:
+    """A ``MATCH`` pattern that keeps every node-set member `identity_matches` could accept (and some more).
+
+    Letters become ``[aA]`` classes (``MATCH`` is case-sensitive, the search is not), glob
+    characters are escaped.  A search with ``:`` or ``%`` would differ in the escaped tenant,
+    and a non-ASCII one may case-fold to other letters (``ß`` to ``ss``): those match
+    everything and the filter in Python decides alone.
+    """
+    if not search or ":" in search or "%" in search or not search.isascii():
+        return "*"
+    out = []
+    for char in search:
+        lower, upper = char.lower(), char.upper()
+        if lower != upper:
+            out.append(f"[{lower}{upper}]")
+        elif char in "*?[]\\":
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "*" + "".join(out) + "*"
 
 
 def _dt_out(value: datetime.datetime) -> str:
@@ -429,6 +487,8 @@ class RedisPresence:
         self._purge = self._client.register_script(_PURGE_LUA)
         self._write_script = self._client.register_script(_WRITE_LUA)
         self._sequence = self._client.register_script(_SEQUENCE_LUA)
+        self._nodes = self._client.register_script(_NODES_LUA)
+        self._live = self._client.register_script(_LIVE_LUA)
         self._lock = threading.Lock()
         #: writes (register, unregister, channel joins and leaves) in flight, and whether a
         #: self-healing runs: healing waits for the writes in flight and holds new ones back,
@@ -643,6 +703,59 @@ class RedisPresence:
             dead = _text(raw)
             if dead != node_id:
                 self.purge_node(dead)
+
+    # ------------------------------------------------------------------ NodeDirectory (the admin page)
+
+    def publish_node_stats(self, node_id: str, record: dict[str, Any], ttl: float) -> None:
+        """Keep the node's stats record for ``ttl`` seconds: one ``SET`` with an expiry."""
+        _check_ttl(ttl)
+        value = json.dumps(record, separators=(",", ":"))
+        key = f"{self._ns}:nodestats:{node_id}"
+        self._run("publish_node_stats", lambda: self._client.set(key, value, px=max(1, int(ttl * 1000))))
+
+    def nodes(self, limit: int = 1000) -> list[NodeLease]:
+        """The live nodes with their session counts and stats records, by node id; one EVALSHA."""
+        args: list[str | int] = [f"{self._ns}:node:", f"{self._ns}:nodestats:", int(limit)]
+        flat = self._run("nodes", lambda: self._nodes(keys=[self._leases_key], args=args))
+        found = []
+        for i in range(0, len(flat), 4):
+            raw = flat[i + 3]
+            try:
+                stats = json.loads(raw) if raw is not None else None
+            except ValueError:
+                stats = None  # not ours to interpret: shown as a node without stats
+            found.append(NodeLease(_text(flat[i]), int(flat[i + 2]), float(flat[i + 1]), stats))
+        found.sort(key=lambda lease: lease.node_id)
+        return found
+
+    def online_identities(self, search: str = "", limit: int = 500) -> list[OnlineIdentity]:
+        """Who is online on live nodes, from the node sets (``SSCAN``); stops once ``limit`` identities are found.
+
+        One EVALSHA for the live nodes, then ``SSCAN`` steps of `_SCAN_COUNT` members, with a
+        ``MATCH`` pattern that lets Redis drop most members that cannot match ``search``.
+        """
+        nodes = [_text(n) for n in self._run("online", lambda: self._live(keys=[self._leases_key], args=[1000]))]
+        pattern = _glob(search)
+        counts: dict[tuple[str, str], int] = {}
+        for node_id in sorted(nodes):
+            key = self._node_key(node_id)
+            cursor: Any = 0
+            while True:
+                step = functools.partial(self._client.sscan, key, cursor, match=pattern, count=_SCAN_COUNT)
+                cursor, members = self._run("online", step)
+                for raw in members:
+                    _sid, _, rest = _text(raw).partition(":")
+                    tenant, _, identity = rest.partition(":")
+                    tenant = _unesc(tenant)
+                    if identity_matches(search, tenant, identity):
+                        counts[(tenant, identity)] = counts.get((tenant, identity), 0) + 1
+                if int(cursor) == 0 or len(counts) > limit:
+                    break
+            if len(counts) > limit:
+                break
+        found = [OnlineIdentity(tenant, identity, n) for (tenant, identity), n in counts.items()]
+        found.sort(key=lambda o: (o.tenant_id, o.identity_id))
+        return found[:limit]
 
     def close(self) -> None:
         """Retire the nodes this object renewed (their entries go now, not after ``ttl``); close our pool.
