@@ -147,6 +147,7 @@ class Realtime(App):
             backpressure=config.backpressure,
             extensions=admitted.accept.extensions if admitted.accept is not None else [],
             stats=self.counters,
+            write_delay=config.write_delay,
         )
         session = self.new_session(conn, admitted.identity, remote_addr)
         if config.identity_history_size:

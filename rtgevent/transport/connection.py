@@ -14,8 +14,14 @@ only moves bytes between it and the socket, with three kinds of work:
   (pongs, close echoes), a due ping, then queued data frames.  A data frame for an idle
   connection (nothing queued, nobody writing) is written at once by the greenlet that
   sends it, with one non-blocking ``send``: a broadcast to a thousand sessions costs a
-  thousand system calls and no greenlet.  Only what the kernel does not take, and sends
-  to a connection that is already busy, go through the outbox; the reader drains it
+  thousand system calls and no greenlet.  Frames that follow it before the hub turns (the
+  next broadcasts of a burst) are *corked*: kept in order and written together with one
+  ``send`` when the hub turns (`_Turns`: one libev ``check`` watcher per hub, run once per
+  loop iteration, after the callbacks), or as soon as they add up to `CORK_BYTES` or have
+  waited the connection's ``write_delay`` (``Config.write_delay``; 0, the default, corks
+  nothing: every frame leaves at once, as before); a lone frame still leaves at once, and corked frames come before
+  anything a writer writes (it takes them first).  Only what the kernel does not take, and
+  sends to a connection that is already busy, go through the outbox; the reader drains it
   inline (replies need no extra greenlet), a send from anywhere else spawns a short-lived
   writer greenlet that exits when the outbox is empty.  (A new greenlet is not free: on
   CPython 3.11+ its first call maps a fresh 16 KiB frame stack, unmapped when it ends.)
@@ -37,9 +43,12 @@ returning earlier lets the server close the socket under a live watcher.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import ssl
+import weakref
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 import gevent
@@ -71,6 +80,11 @@ CLOSE_TIMEOUT = 5.0
 #: so that a steady broadcast stream cannot keep it from reading (and from seeing pongs).
 _INLINE_BUDGET = 32
 _YIELD_EVERY = 64
+#: corked frames are written at once when they add up to this many bytes (see the module docstring)
+CORK_BYTES = 32 * 1024
+#: ... or when the hub has not turned this long after the first of them: gevent runs callbacks in
+#: batches of 50 before it looks at the clock, so a pass of back-to-back broadcasts that yield with
+#: ``sleep(0)`` can last 50 broadcasts; corked frames wait at most this long (plus the write-out)
 
 
 _FAILING = frozenset({Initiator.HEARTBEAT, Initiator.BACKPRESSURE, Initiator.ERROR})
@@ -94,6 +108,81 @@ class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 _protocol_logger = _QuietLogger(logging.getLogger("rtgevent.protocol"), {})
 
 
+def _nothing() -> None:
+    pass
+
+
+class _Turns:
+    """One per hub: counts the loop's turns and writes out the corked connections at each.
+
+    A libev ``check`` watcher runs once per loop iteration, after the poll and before the
+    iteration's I/O and timer callbacks, so everything between two of its runs (gevent's
+    callbacks, which run in batches of up to one switch interval, and the greenlets they
+    wake) is one pass of the hub.  It is active only from a direct send until the turn after
+    the last corked frame; an ``idle`` watcher keeps the loop from blocking in its poll while
+    frames are corked.
+    """
+
+    __slots__ = ("_check", "_corked", "_delay", "_idle", "armed", "deadline", "turn")
+
+    def __init__(self, loop: Any) -> None:
+        self._check = loop.check()
+        self._idle = loop.idle()
+        self._corked: list[Connection] = []
+        self.armed = False
+        #: when the corked frames must leave even if the hub has not turned (``write_delay``)
+        self.deadline = math.inf
+        self._delay = 0.0
+        #: how many times the hub turned while a connection was watching
+        self.turn = 0
+
+    def arm(self) -> None:
+        """A frame left at once: the turn after it must be counted."""
+        self.armed = True
+        self._check.start(self._turned)
+
+    def cork(self, connection: Connection) -> None:
+        """``connection`` holds corked frames: write them out at the next turn."""
+        if not self._corked:
+            self._idle.start(_nothing)
+            self._delay = connection._write_delay
+            self.deadline = monotonic() + self._delay
+        if not self.armed:
+            self.arm()
+        self._corked.append(connection)
+
+    def flush(self) -> None:
+        """The hub is slow to turn: write out every corked connection now (they stay corked)."""
+        for connection in self._corked:
+            connection.flush_cork()
+        self.deadline = monotonic() + self._delay
+
+    def _turned(self) -> None:
+        # Runs in the hub: only non-blocking sends.
+        self.turn += 1
+        self.deadline = math.inf
+        corked, self._corked = self._corked, []
+        for connection in corked:
+            try:
+                connection.uncork()
+            except Exception as exc:  # a bug here must not leave the other sessions corked
+                log.exception("writing corked frames failed")
+                connection._abort(exc)
+        self._idle.stop()
+        self._check.stop()
+        self.armed = False
+
+
+_turns: weakref.WeakKeyDictionary[Any, _Turns] = weakref.WeakKeyDictionary()
+
+
+def _turns_of(hub: Any) -> _Turns:
+    turns = _turns.get(hub)
+    if turns is None:
+        turns = _turns[hub] = _Turns(hub.loop)
+    return turns
+
+
 class Connection:
     """One WebSocket connection; see the module docstring for who does what."""
 
@@ -102,6 +191,8 @@ class Connection:
         "_busy",
         "_close_timer",
         "_closing",
+        "_cork",
+        "_cork_bytes",
         "_done",
         "_fast_send",
         "_hb_timer",
@@ -117,8 +208,11 @@ class Connection:
         "_protocol",
         "_reader",
         "_room",
+        "_sent_in",
         "_sock",
+        "_turns",
         "_waiting_pong",
+        "_write_delay",
         "_write_timeout",
         "_writer",
         "_writing",
@@ -139,6 +233,7 @@ class Connection:
         backpressure: Backpressure,
         extensions: list[Extension],
         stats: Stats,
+        write_delay: float = 0.0,
     ) -> None:
         self._sock = sock
         # Frames go out as soon as they are written: with Nagle's algorithm a small frame sent
@@ -159,6 +254,13 @@ class Connection:
         self._outbox: Outbox[OutItem] = Outbox(send_queue_size, backpressure)
         #: the rest of a frame the kernel took only part of: written before anything else
         self._partial: memoryview | None = None
+        #: frames sent after a direct send in the same pass, waiting for the turn (None: not corked)
+        #: how long corked frames may wait for the hub to turn (0: frames are never corked)
+        self._write_delay = write_delay
+        self._cork: list[bytes] | None = None
+        self._cork_bytes = 0
+        #: the turn of the last direct send: a frame sent before the hub turns again is corked
+        self._sent_in = -1
         self._writing = False
         self._writer: Greenlet | None = None
         self._reader: Any = None
@@ -175,7 +277,9 @@ class Connection:
         self._busy = False
         self._assembler = Assembler(read_limit)
         self._done = False
-        self._loop = gevent.get_hub().loop
+        hub = gevent.get_hub()
+        self._loop = hub.loop
+        self._turns = _turns_of(hub)
         self._on_message: Callable[[str | bytes], None] | None = None
         #: the exception that ended the connection abnormally, if any
         self.failure: BaseException | None = None
@@ -220,7 +324,31 @@ class Connection:
             and not self._protocol.writes
             and self._protocol.state is OPEN
         ):
+            if not self._write_delay:
+                self._send_now(item)  # no coalescing (Config.write_delay 0): every frame at once
+                return
+            cork = self._cork
+            turns = self._turns
+            if cork is not None:
+                cork.append(item)
+                self._cork_bytes += len(item)
+                if self._cork_bytes >= CORK_BYTES:
+                    self.flush_cork()
+                elif monotonic() >= turns.deadline:
+                    turns.flush()
+                return
+            if self._sent_in == turns.turn:
+                # a frame already left in this pass: this one waits for the turn, with its followers
+                self._cork = [item]
+                self._cork_bytes = len(item)
+                turns.cork(self)
+                if monotonic() >= turns.deadline:
+                    turns.flush()
+                return
             self._send_now(item)
+            self._sent_in = turns.turn
+            if not turns.armed:
+                turns.arm()
             return
         if getcurrent() is self._reader and outbox.full():
             self._wait_for_room()
@@ -259,6 +387,54 @@ class Connection:
         if sent < len(frame):
             self._partial = memoryview(frame)[sent:]
             self._spawn_writer()
+
+    def flush_cork(self) -> None:
+        """Write the corked frames with one non-blocking send; the rest goes to a writer.
+
+        The connection stays corked until the turn, unless the kernel did not take it all:
+        then later frames queue in the outbox behind ``_partial``.
+        """
+        cork = self._cork
+        if not cork or self._writing or self._done:
+            return
+        self._cork = []
+        self._cork_bytes = 0
+        data = cork[0] if len(cork) == 1 else b"".join(cork)
+        try:
+            sent = self._send_nowait(data)
+        except OSError as exc:
+            self._abort(exc)
+            return
+        self.stats.messages_out += len(cork)
+        if sent < len(data):
+            self._cork = None
+            self._partial = memoryview(data)[sent:]
+            self._spawn_writer()
+
+    def uncork(self) -> None:
+        """The hub turned (`_Turns`): the corked frames leave, the next frame goes out at once."""
+        if self._cork is None or self._done:
+            return
+        if self._writing:
+            self._take_cork()  # not expected (a writer takes the cork as it starts), but in order
+            return
+        self.flush_cork()
+        self._cork = None
+
+    def _take_cork(self) -> None:
+        """A writer starts: the corked frames come before anything it has, so they go first."""
+        cork = self._cork
+        if cork is None:
+            return
+        self._cork = None
+        if not cork:
+            return
+        self._cork_bytes = 0
+        self.stats.messages_out += len(cork)
+        data = cork[0] if len(cork) == 1 else b"".join(cork)
+        partial = self._partial
+        # a connection is corked only while nothing is partly written; were it otherwise, keep both
+        self._partial = memoryview(data if partial is None else bytes(partial) + data)
 
     def _send_nowait(self, chunk: bytes | memoryview) -> int:
         """One non-blocking send; how many bytes the kernel took (plain sockets only)."""
@@ -328,6 +504,7 @@ class Connection:
         if self._writing:
             return False
         self._writing = True
+        self._take_cork()
         protocol = self._protocol
         outbox = self._outbox
         written = 0
@@ -443,6 +620,7 @@ class Connection:
             self._closing = Closing(Initiator.ERROR, 1006, reason, flush=False, error=exc, abort=True)
         self._outbox.clear()
         self._partial = None
+        self._cork = None
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -543,6 +721,9 @@ class Connection:
                 protocol.fail_held()
         if protocol.writes or len(self._outbox):
             self._kick()
+        elif self._cork:
+            # the reader answered a burst and reads again: its replies need not wait for the turn
+            self.flush_cork()
 
     def _handle_events(self, events: list[Frame]) -> None:
         for frame in events:
@@ -613,6 +794,7 @@ class Connection:
             writer.kill(block=True, timeout=CLOSE_TIMEOUT)
         self._writer = None
         self._outbox.clear()
+        self._cork = None
         self._on_message = None
 
     # ------------------------------------------------------------------ results
