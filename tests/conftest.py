@@ -214,6 +214,7 @@ def serve_realtime() -> Iterator[Callable[[Any], Server]]:
         server.stop(timeout=5)
 
 
+from tests.browserkit import browser  # noqa: E402, F401  (headless Chromium, for the browser tests)
 from tests.clusterkit import cluster  # noqa: E402, F401  (the many-node fixture, shared by several modules)
 
 

@@ -14,40 +14,26 @@ their paths are printed (``pytest -s`` shows them).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gevent
-import pytest
 
+from tests.browserkit import WAIT_MS, needs_chromium
 from tests.clusterkit import REDIS, Client
 from tests.procs import ServeProcess
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
 from tests.waiting import WAIT
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
+pytestmark = needs_chromium
 
 TOKEN = "admin-" + uuid.uuid4().hex
 #: short, so that a killed node's lease ends soon; renewed every 2 s, enough on a busy box
 PRESENCE_TTL = 6
 CHANNELS = ["room:a", "room:b", "live:c"]
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def admin_url(node: ServeProcess, token: str = TOKEN) -> str:

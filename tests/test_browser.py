@@ -12,7 +12,6 @@ sent after another one, it would show that other one already if it had been sent
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,23 +19,12 @@ import pytest
 from gevent.pywsgi import WSGIServer
 
 from rtgevent.demo import make_demo_app
+from tests.browserkit import WAIT_MS, needs_chromium
 from tests.waiting import wait_until
 
-CHROMIUM = "/usr/bin/chromium"
-#: milliseconds, for Playwright: generous, the machine is a busy 2-core box
-WAIT_MS = 20_000
 SECRET = "browser-test-secret"  # both server incarnations must accept the same login cookie
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
+pytestmark = needs_chromium
 
 
 class DemoServer:
@@ -75,18 +63,6 @@ def demo() -> Iterator[DemoServer]:
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def open_chat(browser: Any, demo: DemoServer, name: str, room: str = "general", **context: Any) -> Any:

@@ -13,7 +13,6 @@ timeout, and the messages are only paced, never slept on to synchronise.
 from __future__ import annotations
 
 import json
-import os
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,29 +26,18 @@ from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
 from rtgevent import ChannelOptions, Config, Identity, InBandAuthenticator, Realtime, Session
+from tests.browserkit import WAIT_MS, needs_chromium
 from tests.clusterkit import REDIS
 from tests.procs import ServeProcess
 from tests.waiting import WAIT, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
-#: milliseconds, for Playwright: generous, the machine is a busy 2-core box
-WAIT_MS = int(WAIT * 1000)
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CLIENT_JS = (Path(__file__).resolve().parent.parent / "rtgevent" / "static" / "rtgevent.js").read_text()
 #: how many messages each test sends
 TOTAL = 60
 #: seconds between two messages: a few per second, so that a kill lands mid-stream
 PACE = 0.08
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
+pytestmark = needs_chromium
 
 Address = tuple[str, int]
 
@@ -186,18 +174,6 @@ window.sub = config.channel ? rt.subscribe(config.channel, show("pub")) : null;
 if (sub) sub.on("recovery_failed", (info) => subFailures.push(info));
 </script></body></html>
 """
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
