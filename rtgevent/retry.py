@@ -26,14 +26,14 @@ import random
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .errors import InvalidOption
 
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["Backoff", "Deadline", "backoff_delay", "redact_url", "redis_client", "sleep_backoff"]
+__all__ = ["Backoff", "Deadline", "backoff_delay", "redact_url", "redis_client", "redis_retrying", "sleep_backoff"]
 
 
 def backoff_delay(attempt: int, *, start: float = 0.1, cap: float = 5.0, jitter: float = 0.5) -> float:
@@ -155,6 +155,36 @@ def redact_url(url: str) -> str:
         return "<unparsable url>"
     # unchanged URLs are returned as given: urlunsplit would turn ``memory://`` into ``memory:``
     return url if redacted is parts else urllib.parse.urlunsplit(redacted)
+
+
+_T = TypeVar("_T")
+
+
+def redis_retrying(store: str, what: str, retries: int, op: Callable[[int], _T], *, cap: float = 1.0) -> _T:
+    """Run ``op(attempt)``; retry connection failures ``retries`` times quickly; else `BrokerUnavailable`.
+
+    The one loop of the Redis stores (presence, history): a lost connection is tried again
+    after 50 ms doubling to ``cap`` (jittered), any other Redis error at once raises.  ``op``
+    gets the attempt number, so a write that is not idempotent can tell a retry.  ``store``
+    names the store and where it is (never a password) for the error.
+    """
+    import redis
+
+    from .errors import BrokerUnavailable
+
+    attempt = 0
+    while True:
+        try:
+            return op(attempt)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if attempt >= retries:
+                raise BrokerUnavailable(
+                    f"{store} did not answer ({what}) after {attempt + 1} attempt(s): {exc}"
+                ) from exc
+            time.sleep(backoff_delay(attempt, start=0.05, cap=cap))
+            attempt += 1
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"{store} refused {what}: {exc}") from exc
 
 
 #: connections of one Redis client's pool unless the caller says otherwise: enough for a burst

@@ -24,15 +24,14 @@ among the stream's last entries, so a reply lost on the way back never appends t
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
 from ..broker.base import check_namespace
-from ..errors import BrokerUnavailable, InvalidOption
-from ..retry import backoff_delay, redact_url, redis_client
+from ..errors import InvalidOption
+from ..retry import redact_url, redis_client, redis_retrying
 from .base import Position, Publication, Recovery, Stamp, as_stamp, reaches_back
 
 if TYPE_CHECKING:
@@ -42,8 +41,6 @@ __all__ = ["RedisHistory"]
 
 _T = TypeVar("_T")
 
-_RETRY_PAUSE = 0.05
-_RETRY_CAP = 0.5
 #: how many of a stream's last entries a retried append looks through for its own id
 _RETRY_LOOKBACK = 16
 
@@ -221,19 +218,7 @@ class RedisHistory:
             self._client.close()
 
     def _run(self, what: str, op: Callable[[int], _T]) -> _T:
-        attempt = 0
-        while True:
-            try:
-                return op(attempt)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if attempt >= self._retries:
-                    raise BrokerUnavailable(
-                        f"history store {self._where} did not answer ({what}) after {attempt + 1} attempt(s): {exc}"
-                    ) from exc
-                time.sleep(backoff_delay(attempt, start=_RETRY_PAUSE, cap=_RETRY_CAP))
-                attempt += 1
-            except redis.RedisError as exc:
-                raise BrokerUnavailable(f"history store {self._where} refused {what}: {exc}") from exc
+        return redis_retrying(f"history store {self._where}", what, self._retries, op, cap=0.5)
 
 
 def _text(value: object) -> str:

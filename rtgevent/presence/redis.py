@@ -90,7 +90,6 @@ import json
 import math
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -98,8 +97,8 @@ import redis
 
 from ..broker.base import check_namespace
 from ..channels import check_channel
-from ..errors import BrokerUnavailable, InvalidOption
-from ..retry import backoff_delay, redact_url, redis_client
+from ..errors import InvalidOption
+from ..retry import redact_url, redis_client, redis_retrying
 from ..types import SessionInfo
 from .base import NodeLease, OnlineIdentity, identity_matches
 
@@ -107,10 +106,9 @@ __all__ = ["RedisPresence"]
 
 _T = TypeVar("_T")
 
-#: First pause between quick retries (doubled each time, jittered, at most `_RETRY_CAP`): long
-#: enough for a failover of a pooled connection to be noticed, short enough that the caller
-#: is answered promptly.
-_RETRY_PAUSE = 0.05
+#: The longest pause between quick retries (`rtgevent.retry.redis_retrying`): long enough
+#: for a failover of a pooled connection to be noticed, short enough that the caller is
+#: answered promptly.
 _RETRY_CAP = 1.0
 
 #: How many expired nodes one `renew` looks at: a mass outage is purged over a few renewals
@@ -1022,19 +1020,9 @@ class RedisPresence:
         Every operation here is idempotent (or, for a purge chunk, harmless to repeat), so a
         retry after a lost reply is safe.
         """
-        attempt = 0
-        while True:
-            try:
-                return op()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if attempt >= self._retries:
-                    raise BrokerUnavailable(
-                        f"presence store {self._where} did not answer ({what}) after {attempt + 1} attempt(s): {exc}"
-                    ) from exc
-                time.sleep(backoff_delay(attempt, start=_RETRY_PAUSE, cap=_RETRY_CAP))
-                attempt += 1
-            except redis.RedisError as exc:
-                raise BrokerUnavailable(f"presence store {self._where} refused {what}: {exc}") from exc
+        return redis_retrying(
+            f"presence store {self._where}", what, self._retries, lambda attempt: op(), cap=_RETRY_CAP
+        )
 
 
 def _describe(client: redis.Redis) -> str:
