@@ -33,9 +33,10 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
 
 import gevent
+
+from bench.common import with_control
 
 TENANT = "bench"
 #: bounds on one publishing loop whatever the request asks
@@ -167,18 +168,4 @@ def make_node() -> Callable[..., Iterable[bytes]]:
             return {"collected": gc.collect()}
         return {"error": f"unknown action {action!r}"}
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path.startswith("/_bench/"):
-            query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-            try:
-                answer = control(path.removeprefix("/_bench/"), query)
-                status = "200 OK"
-            except (KeyError, ValueError, RuntimeError) as exc:
-                answer, status = {"error": f"bad request: {exc!r}"}, "400 Bad Request"
-            body = json.dumps(answer).encode()
-            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
-        return rt(environ, start_response)
-
-    return app
+    return with_control(rt, control, (KeyError, ValueError, RuntimeError))

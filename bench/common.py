@@ -16,9 +16,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from bench import nodejs
 from bench.proc import cpu_seconds, raise_nofile, rss_kib, system_cpu
@@ -68,6 +69,36 @@ class LineReader:
                 continue  # not ours
             if isinstance(value, dict) and value.get("event") == name:
                 return value
+
+
+Control = Callable[[str, dict[str, str]], Any]
+WSGIApp = Callable[..., Iterable[bytes]]
+
+
+def with_control(
+    rt: WSGIApp, control: Control, errors: tuple[type[Exception], ...] = (KeyError, ValueError)
+) -> WSGIApp:
+    """A node of the bench: ``/_bench/<action>?...`` answered by ``control`` as JSON, the rest by ``rt``.
+
+    ``control(action, query)`` returns what to send; one of ``errors`` raised there is a
+    400 (a driver's bad request), anything else a crash of the node, as it should be.
+    """
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_bench/"):
+            query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+            try:
+                answer = control(path.removeprefix("/_bench/"), query)
+                status = "200 OK"
+            except errors as exc:
+                answer, status = {"error": f"bad request: {exc!r}"}, "400 Bad Request"
+            body = json.dumps(answer).encode()
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return rt(environ, start_response)
+
+    return app
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
