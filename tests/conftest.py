@@ -231,3 +231,24 @@ def namespace(live: LiveServices) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def admin(live: LiveServices) -> Iterator[Any]:
+    """A plain redis-py client to look at the keys behind a store's back (skipped where Redis is down)."""
+    import redis
+
+    live.require(REDIS_URL)
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ns(admin: Any) -> Iterator[str]:
+    """A namespace of this test's own for a store's keys; they are deleted afterwards (SCAN MATCH <ns>:*)."""
+    name = f"rtgtest-{uuid.uuid4().hex[:12]}"
+    yield name
+    keys = list(admin.scan_iter(match=f"{name}:*", count=1000))
+    if keys:
+        admin.delete(*keys)

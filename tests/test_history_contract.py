@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import rtgevent.history
 from rtgevent.errors import BrokerUnavailable, InvalidOption
 from rtgevent.history import History, MemoryHistory, Position, Publication, Recovery, Stamp, history_from_url
 from rtgevent.history.redis import RedisHistory
-from tests.services import REDIS_URL, LiveServices, RedisServer, free_port
+from tests.services import REDIS_URL, RedisServer, free_port
 from tests.waiting import WAIT, wait_until
 
 start_native_thread = monkey.get_original("_thread", "start_new_thread")
@@ -53,25 +52,6 @@ def offsets(recovery: Recovery) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def admin(live: LiveServices) -> Iterator[redis.Redis]:
-    """A plain client to look at the keys behind the store's back (skipped where Redis is down)."""
-    live.require(REDIS_URL)
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def ns(admin: redis.Redis) -> Iterator[str]:
-    """A namespace of this test's own; its keys are deleted afterwards (SCAN MATCH <ns>:*)."""
-    name = f"t{uuid.uuid4().hex[:8]}"
-    yield name
-    keys = list(admin.scan_iter(match=f"{name}:*", count=1000))
-    if keys:
-        admin.delete(*keys)
 
 
 @pytest.fixture

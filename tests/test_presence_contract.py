@@ -55,25 +55,6 @@ def without_expiry(infos: list[SessionInfo]) -> list[SessionInfo]:
 
 
 @pytest.fixture
-def admin(live: LiveServices) -> Iterator[redis.Redis]:
-    """A plain client to look at the keys behind the store's back (skipped where Redis is down)."""
-    live.require(REDIS_URL)
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def ns(admin: redis.Redis) -> Iterator[str]:
-    """A namespace of this test's own; its keys are deleted afterwards (SCAN MATCH <ns>:*)."""
-    name = f"rtgtest-{uuid.uuid4().hex}"
-    yield name
-    keys = list(admin.scan_iter(match=f"{name}:*", count=1000))
-    if keys:
-        admin.delete(*keys)
-
-
-@pytest.fixture
 def redis_presence(ns: str) -> Iterator[Callable[..., RedisPresence]]:
     """``redis_presence(ttl=..., **kw)``: RedisPresence objects in this test's namespace, closed afterwards."""
     made: list[RedisPresence] = []
