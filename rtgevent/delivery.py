@@ -26,7 +26,7 @@ from .lifecycle import Closing, kick_initiator
 from .message import Message
 from .payload import BROADCAST_TOPIC, BrokerPayload, decode_payload, encode_payload, node_topic
 from .presence.base import Presence
-from .streams import Streams, channel_stream, identity_stream
+from .streams import Streams, channel_stream, identity_stream, stream_owner
 from .transport.frames import encode_frame
 from .types import Initiator
 
@@ -277,6 +277,13 @@ class Fanout:
                     reason=REPLACED_REASON,
                 )
                 publish_to_nodes(self.broker, nodes, encode_payload(payload))
+
+    def stream_sessions(self, stream: str) -> list[Session]:
+        """The local sessions a stream is delivered to: a channel's subscribers, an identity's sessions."""
+        if self.hub is None:
+            return []
+        owner = stream_owner(stream)
+        return self.hub.of_channel(owner) if isinstance(owner, str) else self.hub.of_identity(*owner)
 
     def nodes_of(self, tenant_id: str, identity_id: str) -> list[str]:
         """The other nodes presence knows a session of this identity on, sorted."""

@@ -330,6 +330,11 @@ class Node:
                     self._logger.info("rtgevent: presence store answers again; local sessions registered")
                 backoff.reset()
                 reported = False
+                streams = self.fanout.streams
+                if streams is not None:
+                    # a stream whose last publications' broker messages were lost stays quiet
+                    # otherwise: its subscribers get them now, not at their next reconnect
+                    streams.check(self.fanout.stream_sessions)
             except Exception as exc:
                 if not reported:
                     reported = True  # one report per outage, not one per retry

@@ -33,7 +33,7 @@ from .history.base import History, Position, Publication, Recovery
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["Catchup", "Streams", "channel_stream", "identity_stream"]
+__all__ = ["Catchup", "Streams", "channel_stream", "identity_stream", "stream_owner"]
 
 ErrorSink = Callable[[BaseException], None]
 Push = Callable[[list["Session"], "str | bytes"], int]
@@ -50,6 +50,15 @@ def channel_stream(channel: str) -> str:
 def identity_stream(tenant_id: str, identity_id: str) -> str:
     """The stream name of an identity's personal stream (tenants never share one)."""
     return f"id:{urllib.parse.quote(tenant_id, safe='')}:{identity_id}"
+
+
+def stream_owner(stream: str) -> tuple[str, str] | str:
+    """Whose stream it is: a channel's name, or an identity's ``(tenant_id, identity_id)``."""
+    kind, _, rest = stream.partition(":")
+    if kind == "ch":
+        return rest
+    tenant, _, identity = rest.partition(":")
+    return urllib.parse.unquote(tenant), identity
 
 
 class _Top:
@@ -135,6 +144,32 @@ class Streams:
         for p in publications:
             took = self._push(sessions, p.envelope)
         return delivered + took
+
+    def check(self, sessions_of: Callable[[str], list[Session]]) -> int:
+        """Compare every stream this node delivers with where history stands; deliver what it lacks.
+
+        A publication whose broker message was lost is otherwise noticed only with the
+        stream's next one (`admit`): a stream that stays quiet would keep its subscribers
+        short until they reconnect.  The node calls this every lease renewal; one history
+        read per stream, and a range read only for those behind.  Returns how many
+        publications it delivered.
+        """
+        caught = 0
+        for stream, top in list(self._tops.items()):
+            try:
+                position = self.history.position(stream)
+                if position.epoch != top.epoch or position.offset <= top.offset:
+                    continue
+                missed = self.history.since(stream, top.offset, top.epoch, GAP_LIMIT).publications
+            except Exception as exc:
+                self.report(exc)
+                continue
+            sessions = sessions_of(stream)
+            for p in missed:
+                admitted = self.admit(stream, p.offset, top.epoch, p.envelope)
+                self.deliver(stream, admitted, sessions)
+                caught += len(admitted)
+        return caught
 
     def forget(self, stream: str) -> None:
         """This node has no session of ``stream`` any more."""

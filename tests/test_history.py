@@ -352,3 +352,21 @@ def test_subscribing_again_with_a_since_replays_nothing_and_loses_nothing(connec
     assert (before, again.data["recovered"], again.data["missed"]) == ([], True, 0)
     _, other = subscribe(client, "doc:6", {"offset": 1, "epoch": "another"})
     assert other.data["recovered"] is False
+
+
+def test_the_node_check_delivers_what_a_quiet_stream_lacks() -> None:
+    """`Streams.check` (every lease renewal): a stream behind history gets the rest, once."""
+    history, _, epoch = stream_with(5)
+    recorder = Recorder()
+    streams = Streams(history, recorder.push, lambda exc: None)  # type: ignore[arg-type]
+    streams.deliver("s", streams.admit("s", 1, epoch, "p1"), ["dan"])  # type: ignore[list-item]
+    assert streams.check(lambda stream: ["dan"]) == 4  # type: ignore[arg-type,return-value]
+    assert streams.check(lambda stream: ["dan"]) == 0  # type: ignore[arg-type,return-value]
+    assert recorder.got["dan"] == ["p1", "p2", "p3", "p4", "p5"]
+
+
+def test_a_stream_name_says_whose_it_is() -> None:
+    from rtgevent.streams import channel_stream, identity_stream, stream_owner
+
+    assert stream_owner(channel_stream("room:1:2")) == "room:1:2"
+    assert stream_owner(identity_stream("a:b", "c:d")) == ("a:b", "c:d")

@@ -302,3 +302,28 @@ def test_a_reconnect_storm_after_a_node_is_killed_loses_and_repeats_nothing(clus
         f" {recovered_in:.1f} s after the kill"
     )
     gevent.killall([c.greenlet for c in clients], timeout=WAIT)
+
+
+def test_a_quiet_stream_gets_a_lost_last_publication_at_the_next_renewal(cluster) -> None:
+    """The stream's last publication reached history but never the broker, and nothing follows
+    it: each node compares its streams with history when it renews its lease, and delivers it."""
+    namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
+    a, b = cluster(2, broker=BROKERS["redis"], namespace=namespace, history=REDIS, presence_ttl=3)
+    channel = f"hist:{uuid.uuid4().hex[:8]}"
+    on_a, on_b = Client(a, "ann"), Client(b, "bea")
+    for client in (on_a, on_b):
+        client.subscribe(channel)
+    a.control("publish", channel=channel, data="first")
+    for client in (on_a, on_b):
+        assert [m["data"] for m in publications(client, 1)] == ["first"]
+    history = RedisHistory(REDIS, namespace=namespace)
+    try:
+        stamp = Stamp()
+        meta = {"channel": channel, "offset": stamp.offset_token, "epoch": stamp.epoch_token}
+        envelope = json.dumps({"route": "pub", "data": "lost, and the last", "metadata": meta})
+        assert history.append(channel_stream(channel), stamp.cut(envelope), 2000, 300).offset == 2
+    finally:
+        history.close()
+    for client in (on_a, on_b):  # a renewal every presence_ttl / 3 = 1 s
+        got = publications(client, 1)
+        assert [(int(m["metadata"]["offset"]), m["data"]) for m in got] == [(2, "lost, and the last")]
