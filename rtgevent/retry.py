@@ -33,7 +33,20 @@ from .errors import InvalidOption
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["Backoff", "Deadline", "backoff_delay", "redact_url", "redis_client", "redis_retrying", "sleep_backoff"]
+__all__ = [
+    "CLUSTER_SCHEME",
+    "Backoff",
+    "Deadline",
+    "backoff_delay",
+    "redact_url",
+    "redis_client",
+    "redis_cluster_client",
+    "redis_retrying",
+    "sleep_backoff",
+]
+
+#: ``redis+cluster://host1:port1,host2:port2/``: a Redis Cluster, given by some of its nodes
+CLUSTER_SCHEME = "redis+cluster"
 
 
 def backoff_delay(attempt: int, *, start: float = 0.1, cap: float = 5.0, jitter: float = 0.5) -> float:
@@ -185,6 +198,28 @@ def redis_retrying(store: str, what: str, retries: int, op: Callable[[int], _T],
             attempt += 1
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"{store} refused {what}: {exc}") from exc
+
+
+def redis_cluster_client(url: str, *, socket_timeout: float, field: str = "url") -> Any:
+    """A redis-py ``RedisCluster`` for ``redis+cluster://h1:p1,h2:p2/`` (SPEC section 15).
+
+    The nodes named are only where it starts: the client learns the slots and the other
+    nodes from them, follows ``MOVED`` / ``ASK`` and refreshes the topology after a
+    failover by itself.  ``socket_timeout`` bounds every call, as for `redis_client`.  A
+    malformed URL raises `InvalidOption` for ``field``, with the URL redacted.
+    """
+    from redis.cluster import ClusterNode, RedisCluster
+
+    scheme, sep, rest = url.partition("://")
+    nodes: list[Any] = []
+    for address in rest.split("/", 1)[0].split(","):
+        host, _, port = address.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidOption(field, f"{redact_url(url)!r}: want redis+cluster://host:port[,host:port...]/")
+        nodes.append(ClusterNode(host.strip("[]"), int(port)))  # type: ignore[no-untyped-call]
+    if scheme.lower() != CLUSTER_SCHEME or not sep:
+        raise InvalidOption(field, f"{redact_url(url)!r}: want redis+cluster://host:port[,host:port...]/")
+    return RedisCluster(startup_nodes=nodes, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
 
 
 #: connections of one Redis client's pool unless the caller says otherwise: enough for a burst

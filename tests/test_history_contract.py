@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,17 @@ def redis_history(ns: str) -> Iterator[Callable[..., RedisHistory]]:
         history.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def history(request: pytest.FixtureRequest) -> Iterator[History]:
-    """Each implementation in turn."""
-    store: History = MemoryHistory() if request.param == "memory" else request.getfixturevalue("redis_history")()
+    """Each implementation in turn; RedisHistory on one Redis and on a Redis Cluster (SPEC section 15)."""
+    store: History
+    if request.param == "memory":
+        store = MemoryHistory()
+    elif request.param == "redis":
+        store = request.getfixturevalue("redis_history")()
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        store = RedisHistory(cluster.url, namespace=f"t{uuid.uuid4().hex[:8]}")
     yield store
     store.close()
 
@@ -242,8 +250,9 @@ def test_concurrent_publishers_get_every_offset_once_in_order(history: History, 
     proc: subprocess.Popen[str] | None = None
     threads_bound = 3 * WAIT
     if isinstance(history, RedisHistory):
-        namespace = request.getfixturevalue("ns")
-        script = [sys.executable, "-c", _PUBLISHER, REDIS_URL, namespace, stream]
+        on_cluster = request.node.callspec.params["history"] == "redis-cluster"
+        url = request.getfixturevalue("redis_cluster").url if on_cluster else REDIS_URL
+        script = [sys.executable, "-c", _PUBLISHER, url, history.namespace, stream]
         proc = subprocess.Popen(
             [*script, str(process_threads), str(per_process_thread)],
             cwd=ROOT,
@@ -256,7 +265,7 @@ def test_concurrent_publishers_get_every_offset_once_in_order(history: History, 
         def store_for_a_thread() -> History:
             # gevent's sockets belong to the thread that made them: a native thread of this
             # (monkey-patched) process needs a client of its own, as a node of its own would
-            return RedisHistory(REDIS_URL, namespace=namespace)
+            return RedisHistory(url, namespace=history.namespace)
     else:
 
         def store_for_a_thread() -> History:
@@ -609,6 +618,23 @@ def test_history_from_url_picks_the_store() -> None:
     assert rtgevent.history.RedisHistory is RedisHistory  # the lazy export is the class
 
 
+def test_history_from_url_takes_a_redis_cluster(redis_cluster: Any) -> None:
+    """``redis+cluster://`` (SPEC section 15): a RedisHistory whose streams spread over the shards."""
+    store = history_from_url(redis_cluster.url, namespace=f"t{uuid.uuid4().hex[:8]}")
+    try:
+        assert isinstance(store, RedisHistory)
+        slots = set()
+        for n in range(50):
+            assert store.append(f"room:{n}", "x", 10, 30).offset == 1
+            stream_key, meta_key = store.keys(f"room:{n}")
+            slots.add(store._client.keyslot(stream_key))
+            assert store._client.keyslot(meta_key) == store._client.keyslot(stream_key)  # one script, one slot
+        owners = {store._client.nodes_manager.get_node_from_slot(slot).port for slot in slots}
+        assert len(owners) == 3  # 50 streams reach every master
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(
     "url, options",
     [
@@ -623,6 +649,8 @@ def test_history_from_url_picks_the_store() -> None:
         ("redis://:secret@127.0.0.1:6379/0", {"namespace": "has space"}),
         ("redis://:secret@127.0.0.1:6379/0", {"socket_timeout": 0}),
         ("redis://:secret@127.0.0.1:6379/0", {"retries": -1}),
+        ("redis+cluster://u:secret@127.0.0.1/", {}),
+        ("redis+cluster://127.0.0.1:7000,nohost/", {}),
     ],
 )
 def test_history_from_url_refuses_what_it_cannot_use(url: str, options: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ _OPTIONS = frozenset({"namespace", "socket_timeout", "retries"})
 
 
 def history_from_url(url: str, **kwargs: Any) -> History:
-    """``redis://`` / ``rediss://`` → `RedisHistory`, ``memory://`` → `MemoryHistory`.
+    """``redis://`` / ``rediss://`` / ``redis+cluster://`` → `RedisHistory`, ``memory://`` → `MemoryHistory`.
 
     Options are `RedisHistory`'s (`MemoryHistory` ignores them); anything else raises
     `InvalidOption` showing the URL without its password.
@@ -41,7 +41,7 @@ def history_from_url(url: str, **kwargs: Any) -> History:
         raise InvalidOption("history_url", f"unknown option(s) {', '.join(unknown)}")
     scheme, sep, _ = url.partition("://") if isinstance(url, str) else ("", "", "")
     scheme = scheme.lower() if sep else ""
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+cluster"):
         from .redis import RedisHistory
 
         return RedisHistory(url, **kwargs)
@@ -49,7 +49,7 @@ def history_from_url(url: str, **kwargs: Any) -> History:
         return MemoryHistory()
     raise InvalidOption(
         "history_url",
-        f"unsupported scheme {scheme!r} in {redact_url(str(url))!r}: use redis://, rediss:// or memory://",
+        f"unsupported scheme {scheme!r} in {redact_url(str(url))!r}: use redis://, rediss://, redis+cluster:// or memory://",
     )
 
 

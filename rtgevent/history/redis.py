@@ -31,7 +31,7 @@ import redis
 
 from ..broker.base import check_namespace
 from ..errors import InvalidOption
-from ..retry import redact_url, redis_client, redis_retrying
+from ..retry import CLUSTER_SCHEME, redact_url, redis_client, redis_cluster_client, redis_retrying
 from .base import Position, Publication, Recovery, Stamp, as_stamp, reaches_back
 
 if TYPE_CHECKING:
@@ -109,8 +109,11 @@ return {top, meta[2], first, found}
 class RedisHistory:
     """A `History` in Redis Streams; see the module docstring.
 
-    ``url_or_client`` is a ``redis://`` / ``rediss://`` URL (this object then owns its pool)
-    or a ``redis.Redis`` the caller owns.  ``socket_timeout`` bounds every call.
+    ``url_or_client`` is a ``redis://`` / ``rediss://`` URL, or ``redis+cluster://h1:p1,h2:p2/``
+    for a Redis Cluster (this object then owns its pool), or a ``redis.Redis`` (or
+    ``RedisCluster``) the caller owns.  ``socket_timeout`` bounds every call.  On a cluster a
+    stream's two keys share a hash tag, so its scripts touch one slot, and streams spread
+    over the shards by name.
     """
 
     #: every node of a cluster shares it
@@ -118,7 +121,7 @@ class RedisHistory:
 
     def __init__(
         self,
-        url_or_client: str | redis.Redis,
+        url_or_client: str | redis.Redis | Any,
         *,
         namespace: str = "rtgevent",
         socket_timeout: float = 2.0,
@@ -129,16 +132,23 @@ class RedisHistory:
         if not isinstance(retries, int) or retries < 0:
             raise InvalidOption("retries", "must be an integer >= 0")
         check_namespace(namespace)
-        if isinstance(url_or_client, str):
-            self._client: redis.Redis = redis_client(url_or_client, socket_timeout=socket_timeout, field="history_url")
+        if isinstance(url_or_client, str) and url_or_client.lower().startswith(CLUSTER_SCHEME + "://"):
+            self._client: Any = redis_cluster_client(url_or_client, socket_timeout=socket_timeout, field="history_url")
             self._owns_client = True
-            self._url: str | None = url_or_client
+            self._url: str | None = None  # no broker publishes through a cluster's script yet
+            self._where = redact_url(url_or_client)
+        elif isinstance(url_or_client, str):
+            self._client = redis_client(url_or_client, socket_timeout=socket_timeout, field="history_url")
+            self._owns_client = True
+            self._url = url_or_client
             self._where = redact_url(url_or_client)
         else:
             self._client = url_or_client
             self._owns_client = False
             self._url = None
             self._where = "a caller's redis client"
+        #: the first part of every key (streams of another namespace are another world)
+        self.namespace = namespace
         self._prefix = f"{namespace}:history:"
         self._retries = retries
         self._append = self._client.register_script(_APPEND_LUA)
