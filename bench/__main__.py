@@ -1,5 +1,5 @@
-"""``python -m bench [idle] [echo] [fanout] [slow] [cluster] [emitter] [channels] [churn] [history] [--quick]
-[--runs N] [--json PATH]``: the table.
+"""``python -m bench [idle] [echo] [fanout] [slow] [cluster] [emitter] [channels] [churn] [history] [scale]
+[--quick] [--runs N] [--connections N] [--json PATH]``: the table.
 
 For every measurement a fresh server process (``taskset -c 0``) and a fresh load generator
 (``taskset -c 1``) are started, driven phase by phase over the load generator's stdin and
@@ -9,12 +9,15 @@ conditions; each figure in the table is the median over ``--runs`` runs.  The ``
 ``slow`` scenarios live in `bench.fanout`; ``cluster`` and ``emitter`` (`bench.cluster`) measure
 rtgevent alone, once per broker; ``channels`` (against Flask-SocketIO's rooms over a Redis message
 queue) and ``churn`` (rtgevent alone, per broker) live in `bench.channels`; ``history`` (publishing with
-and without history, a reconnect storm that recovers, against Flask-SocketIO's) in `bench.history`.
+and without history, a reconnect storm that recovers, against Flask-SocketIO's) in `bench.history`;
+``scale`` (tens of thousands of idle connections on one node, then a broadcast; rtgevent alone) in
+`bench.scale`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -34,11 +37,13 @@ from bench import cluster as cl
 from bench import fanout as fo
 from bench import history as hi
 from bench import nodejs
+from bench import scale as sc
 from bench.common import LOADGEN_CPU, ROOT, SERVER_CPU, BenchError, Measurement, fmt, median, wait_connections
 from bench.proc import raise_nofile
 
-SCENARIOS = ("idle", "echo", "fanout", "slow", "cluster", "emitter", "channels", "churn", "history")
-#: what runs when no scenario is named (cluster, emitter, channels and churn need Redis and RabbitMQ, history Redis)
+SCENARIOS = ("idle", "echo", "fanout", "slow", "cluster", "emitter", "channels", "churn", "history", "scale")
+#: what runs when no scenario is named (cluster, emitter, channels and churn need Redis and RabbitMQ, history
+#: Redis; scale takes minutes per run and a quiet machine)
 DEFAULT_SCENARIOS = ("idle", "echo", "fanout", "slow")
 LABELS = {"rtgevent-bare": "rtgevent bare", "rtgevent-full": "rtgevent full", "socketio": "Flask-SocketIO"}
 IDLE_LABELS = {"rtgevent-full": "rtgevent", "reference": "reference", "socketio": "Flask-SocketIO"}
@@ -364,6 +369,18 @@ def main(argv: list[str] | None = None) -> int:
         help="idle: negotiate permessage-deflate and exchange one compressed message per connection "
         "(rtgevent and the reference only)",
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        help=f"scale: idle connections wanted (default {sc.SCALE_FULL.connections:,}, --quick "
+        f"{sc.SCALE_QUICK.connections:,}; fewer if the server's open-files limit does not allow them)",
+    )
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=sc.SCALE_FULL.max_load,
+        help="scale: before each run, wait (up to 10 min) for a 1-minute load average below this (0: do not wait)",
+    )
     args = parser.parse_args(argv)
     scenarios = args.scenarios or list(DEFAULT_SCENARIOS)
     unknown = sorted(set(scenarios) - set(SCENARIOS))
@@ -371,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.connections is not None and not 1 <= args.connections <= 200_000:
+        parser.error("--connections must be from 1 to 200,000")
     if sys.platform != "linux":
         parser.error("the benchmark reads /proc and uses taskset: Linux only")
     plan = QUICK if args.quick else FULL
@@ -378,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     chplan = ch.CHANNELS_QUICK if args.quick else ch.CHANNELS_FULL
     chuplan = ch.CHURN_QUICK if args.quick else ch.CHURN_FULL
     hiplan = hi.HISTORY_QUICK if args.quick else hi.HISTORY_FULL
+    scplan = sc.SCALE_QUICK if args.quick else sc.SCALE_FULL
+    scplan = dataclasses.replace(
+        scplan,
+        connections=args.connections or scplan.connections,
+        max_load=args.max_load if args.max_load > 0 else math.inf,
+    )
     bplans = {
         "fanout": fo.FANOUT_QUICK if args.quick else fo.FANOUT_FULL,
         "slow": fo.SLOW_QUICK if args.quick else fo.SLOW_FULL,
@@ -395,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     broadcasts: dict[str, list[dict[str, Any]]] = {"fanout": [], "slow": []}
     rooms: dict[str, list[dict[str, Any]]] = {"channels": [], "churn": []}
     history: list[dict[str, Any]] = []
+    scaled: list[dict[str, Any]] = []
     failures: list[str] = []
     started = time.monotonic()
 
@@ -491,6 +517,16 @@ def main(argv: list[str] | None = None) -> int:
                 progress(f"run {run} {ch.churn_progress(r)}")
         if "history" in scenarios:
             history += hi.run_all(run, hiplan, progress, failures)
+        if "scale" in scenarios:
+            try:
+                r = sc.measure(scplan, progress)
+            except (BenchError, OSError, ValueError, KeyError) as exc:
+                failures.append(f"run {run} scale: {type(exc).__name__}: {exc}")
+                progress(failures[-1])
+            else:
+                r["run"] = run
+                scaled.append(r)
+                progress(f"run {run} {sc.progress_line(r)}")
 
     after = source_state()
     if after != source:
@@ -504,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         conds.append(ch.conditions(chplan if rooms["channels"] else None, chuplan if rooms["churn"] else None))
     if history:
         conds.append(hi.conditions(hiplan))
+    if scaled:
+        conds.append(sc.conditions(scplan, scaled))
     if (rooms["channels"] or rooms["churn"] or history) and not (multi["cluster"] or multi["emitter"]):
         conds.append(cl.service_versions())
     out: list[str] = ["", *(f"- {line}" for line in conds), ""]
@@ -548,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         out += [*ch.churn_targets(rooms["churn"]), ""]
     if history:
         out += hi.report(history, hiplan)
+    if scaled:
+        out += [sc.heading(scplan, scaled), "", *sc.table(scaled), "", *sc.targets(scaled), ""]
     multi_any = bool(multi["cluster"] or multi["emitter"] or rooms["channels"] or rooms["churn"] or history)
     everything = [
         *idle,
@@ -583,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             [r for r in history if r["scenario"] == "history-storm"],
             hiplan,
         )
+        + sc.anomalies(scaled)
         + failures
     )
     out += ["Checks: " + ("none failed" if not notes else f"{len(notes)} problem(s)"), *(f"- {n}" for n in notes)]
@@ -599,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                     **multi,
                     **rooms,
                     "history": history,
+                    "scale": scaled,
                     "failures": failures,
                 },
                 indent=1,

@@ -151,15 +151,25 @@ DEFLATE_OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_windo
 CLIENT_WBITS = 9  # zlib makes no 8-bit raw deflate streams; a 9-bit one is within any limit but 8
 
 
-def connect(port: int, path: str, timeout: float, deflate: bool = False) -> WSConn:
+#: ``IP_BIND_ADDRESS_NO_PORT`` (Linux 4.2+; not in Python's ``socket`` module): a ``bind`` to
+#: port 0 leaves the port to ``connect``, which may then reuse it towards another destination
+IP_BIND_ADDRESS_NO_PORT = 24
+
+
+def connect(port: int, path: str, timeout: float, deflate: bool = False, source: str | None = None) -> WSConn:
     """TCP connect and WebSocket upgrade; raises on refusal or after ``timeout``.
 
     ``deflate``: offer permessage-deflate and raise unless the server accepted it.
+    ``source``: the local address to connect from (``127.0.0.2`` ...: Linux routes all of
+    127/8 to loopback, and each source address has its own range of ephemeral ports).
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if source is not None:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
         sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16))
         sock.sendall(
@@ -386,9 +396,14 @@ def _count(errors: dict[str, int], exc: BaseException) -> None:
 # ---------------------------------------------------------------------- scenarios
 
 
-def open_session(proto: Protocol, port: int, timeout: float, deflate: bool = False) -> WSConn:
-    """Connect and do ``proto``'s handshake; with ``deflate``, also one compressed request and answer."""
-    conn = connect(port, proto.path, timeout, deflate)
+def open_session(
+    proto: Protocol, port: int, timeout: float, deflate: bool = False, source: str | None = None
+) -> WSConn:
+    """Connect (from ``source``, see `connect`) and do ``proto``'s handshake.
+
+    With ``deflate``, also one compressed request and answer.
+    """
+    conn = connect(port, proto.path, timeout, deflate, source)
     try:
         conn.sock.settimeout(timeout)
         proto.handshake(conn)

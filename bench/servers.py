@@ -26,6 +26,11 @@ and ``slow`` scenarios (``rtgevent-full``: ``rt.broadcast``; ``socketio``: ``soc
 ``reference``: `ReferenceServer.broadcast` of ``{"route":"tick","data":...}``).
 ``--compression`` turns permessage-deflate on (rtgevent: ``Config(compression=True)``;
 ``reference``: websockets' own server settings); gevent-websocket has none.
+``--heartbeat-interval S`` sets rtgevent's ``Config(heartbeat_interval=S)`` explicitly (the
+``scale`` scenario: a ping every S seconds per connection) instead of relying on the default.
+``GET /_bench/gc`` (rtgevent kinds) runs a full ``gc.collect()`` in the server and answers how
+many objects it freed, so that RSS is read without garbage waiting for a collection;
+``?freeze=1`` then also calls ``gc.freeze()`` (a diagnosis: what the collector costs at idle).
 
 The process prints ``READY <port>`` once listening and serves until SIGTERM or SIGINT.
 """
@@ -37,6 +42,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
@@ -82,12 +88,15 @@ class Broadcaster:
         self.started: float | None = None
         self.finished: float | None = None
         self.sent = 0
+        #: how long each ``send`` call took (seconds): for one broadcast, the server's sweep
+        self.calls: list[float] = []
         self.closes: list[dict[str, Any]] = []
 
     def start(self, count: int, interval: float, size: int) -> None:
         if self.started is not None and self.finished is None:
             raise RuntimeError("a broadcast is already running")
         self.started, self.finished, self.sent = time.monotonic(), None, 0
+        self.calls.clear()
         self.closes.clear()
         gevent.spawn(self._run, count, interval, size)
 
@@ -97,7 +106,10 @@ class Broadcaster:
         for i in range(count):
             gevent.sleep(max(0.0, start + i * interval - time.monotonic()))
             stamp = f"{i}:{time.monotonic():.6f}:"
-            self.send(stamp + "x" * (size - len(stamp)))
+            data = stamp + "x" * (size - len(stamp))
+            called = time.monotonic()
+            self.send(data)
+            self.calls.append(time.monotonic() - called)
             self.sent += 1
         self.finished = time.monotonic()
 
@@ -107,7 +119,12 @@ class Broadcaster:
 
     def stats(self) -> dict[str, Any]:
         seconds = None if self.started is None or self.finished is None else self.finished - self.started
-        return {"broadcast_sent": self.sent, "broadcast_seconds": seconds, "closes": list(self.closes)}
+        return {
+            "broadcast_sent": self.sent,
+            "broadcast_seconds": seconds,
+            "broadcast_calls": list(self.calls[:1000]),
+            "closes": list(self.closes),
+        }
 
     def handle(self, query: str) -> tuple[str, dict[str, Any]]:
         """``POST /_bench/broadcast``: (HTTP status, JSON body)."""
@@ -122,12 +139,14 @@ class Broadcaster:
         return "202 Accepted", {"started": True}
 
 
-def make_rtgevent(kind: str, compression: bool = False) -> WSGIApp:
+def make_rtgevent(kind: str, compression: bool = False, heartbeat_interval: float | None = None) -> WSGIApp:
     from rtgevent import Config, DisconnectInfo, Message, Realtime, Session, recovery
 
     # max_connections: the default cap (10,000) would refuse part of the 10,000-connection scenario
-    # (a warm-up connection may still be closing); everything else is the default Config.
-    config = Config(max_connections=None, compression=compression)
+    # (a warm-up connection may still be closing); everything else is the default Config, but
+    # for an explicit heartbeat_interval (None here: the default's, 30 s).
+    extra: dict[str, Any] = {} if heartbeat_interval is None else {"heartbeat_interval": heartbeat_interval}
+    config = Config(max_connections=None, compression=compression, **extra)
     if kind == "rtgevent-bare":
 
         class BareCodec:
@@ -164,6 +183,11 @@ def make_rtgevent(kind: str, compression: bool = False) -> WSGIApp:
         path = environ.get("PATH_INFO")
         if path == "/_bench/stats":
             return _json_response(start_response, {**rt.stats(), **broadcaster.stats()})
+        if path == "/_bench/gc":
+            collected = gc.collect()
+            if "freeze=1" in environ.get("QUERY_STRING", ""):
+                gc.freeze()  # what survived moves out of the collector's sight (a diagnosis of the idle CPU)
+            return _json_response(start_response, {"collected": collected, "frozen": gc.get_freeze_count()})
         if path == "/_bench/broadcast" and environ.get("REQUEST_METHOD") == "POST":
             status, body = broadcaster.handle(environ.get("QUERY_STRING", ""))
             return _json_response(start_response, body, status)
@@ -226,11 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0: any free port (printed in READY)")
     parser.add_argument("--nofile", type=int, default=20000, help="wanted RLIMIT_NOFILE")
     parser.add_argument("--compression", action="store_true", help="offer permessage-deflate (not socketio)")
+    parser.add_argument(
+        "--heartbeat-interval", type=float, help="rtgevent kinds: Config(heartbeat_interval=S) (default: Config's)"
+    )
     args = parser.parse_args(argv)
     if args.host != "127.0.0.1":
         parser.error("the benchmark servers listen on 127.0.0.1 only")
     if args.compression and args.kind == "socketio":
         parser.error("gevent-websocket has no permessage-deflate: --compression is for the other kinds")
+    if args.heartbeat_interval is not None and not args.kind.startswith("rtgevent"):
+        parser.error("--heartbeat-interval is rtgevent's Config: for the rtgevent kinds only")
     raise_nofile(args.nofile)
 
     server: WSGIServer
@@ -243,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.kind == "reference":
         server = WSGIServer((args.host, args.port), make_reference(args.compression), backlog=BACKLOG, log=None)
     else:
-        app = make_rtgevent(args.kind, args.compression)
+        app = make_rtgevent(args.kind, args.compression, args.heartbeat_interval)
         server = WSGIServer((args.host, args.port), app, backlog=BACKLOG, log=None)
     server.start()
     stop = Event()
