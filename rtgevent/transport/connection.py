@@ -25,8 +25,9 @@ only moves bytes between it and the socket, with three kinds of work:
   inline (replies need no extra greenlet), a send from anywhere else spawns a short-lived
   writer greenlet that exits when the outbox is empty.  (A new greenlet is not free: on
   CPython 3.11+ its first call maps a fresh 16 KiB frame stack, unmapped when it ends.)
-* **heartbeat** — one libev timer per session, no greenlet: it asks the writer for a ping
-  and, when no pong came within ``pong_timeout``, closes with 1011.
+* **heartbeat** — one libev timer per session, no greenlet: on an idle connection it writes
+  the ping itself (one non-blocking ``send``), else it asks the writer for one; when no pong
+  came within ``pong_timeout``, it closes with 1011.
 
 Lifecycle, as a table (state → event → next state)::
 
@@ -660,14 +661,48 @@ class Connection:
                 return
             self.close(Closing(Initiator.HEARTBEAT, 1011, "ping timeout", flush=False))
             return
-        self._ping_due = True
-        self._kick()
+        if not self._ping_now():
+            self._ping_due = True
+            self._kick()
         if self._pong_timeout is not None:
             self._waiting_pong = True
             self._arm(self._pong_timeout)
         else:
             assert self._heartbeat_interval is not None
             self._arm(self._heartbeat_interval)
+
+    def _ping_now(self) -> bool:
+        """An idle connection's ping, written by its timer: one non-blocking send, no greenlet.
+
+        At a heartbeat of 30 s, 50,000 connections ping 1,700 times a second: a writer
+        greenlet per ping (its creation, the collections it sets off, its stack's unmapping)
+        cost more than the ping itself.  False when anything else is being written or
+        waits: then the writer sends the ping after it, as before.
+        """
+        protocol = self._protocol
+        if (
+            self._writing
+            or self._writer is not None
+            or not self._fast_send
+            or self._partial is not None
+            or self._cork
+            or len(self._outbox)
+            or protocol.writes
+            or protocol.state is not OPEN
+        ):
+            return False
+        self._ping_seq += 1
+        protocol.send_ping(self._ping_seq.to_bytes(4, "big"))
+        data = b"".join(protocol.data_to_send())
+        try:
+            sent = self._send_nowait(data)
+        except OSError as exc:
+            self._abort(exc)
+            return True
+        if sent < len(data):
+            self._partial = memoryview(data)[sent:]
+            self._spawn_writer()
+        return True
 
     def _got_pong(self) -> None:
         if self._waiting_pong:
