@@ -176,12 +176,14 @@ _T = TypeVar("_T")
 def redis_retrying(store: str, what: str, retries: int, op: Callable[[int], _T], *, cap: float = 1.0) -> _T:
     """Run ``op(attempt)``; retry connection failures ``retries`` times quickly; else `BrokerUnavailable`.
 
-    The one loop of the Redis stores (presence, history): a lost connection is tried again
-    after 50 ms doubling to ``cap`` (jittered), any other Redis error at once raises.  ``op``
+    The one loop of the Redis stores (presence, history): a lost connection (or a Redis
+    Cluster without a master for the slot, mid-failover) is tried again after 50 ms
+    doubling to ``cap`` (jittered), any other Redis error at once raises.  ``op``
     gets the attempt number, so a write that is not idempotent can tell a retry.  ``store``
     names the store and where it is (never a password) for the error.
     """
     import redis
+    from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
 
     from .errors import BrokerUnavailable
 
@@ -189,7 +191,14 @@ def redis_retrying(store: str, what: str, retries: int, op: Callable[[int], _T],
     while True:
         try:
             return op(attempt)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # a cluster in failover (no master for a slot yet, a slot in migration) is an outage too
+        except (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            ClusterDownError,
+            TryAgainError,
+            RedisClusterException,
+        ) as exc:
             if attempt >= retries:
                 raise BrokerUnavailable(
                     f"{store} did not answer ({what}) after {attempt + 1} attempt(s): {exc}"

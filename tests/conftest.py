@@ -250,6 +250,6 @@ def ns(admin: Any) -> Iterator[str]:
     """A namespace of this test's own for a store's keys; they are deleted afterwards (SCAN MATCH <ns>:*)."""
     name = f"rtgtest-{uuid.uuid4().hex[:12]}"
     yield name
-    keys = list(admin.scan_iter(match=f"{name}:*", count=1000))
+    keys = list(admin.scan_iter(match=f"*{name}*", count=1000))  # {name}... on a cluster
     if keys:
         admin.delete(*keys)

@@ -23,6 +23,7 @@ import redis
 from rtgevent.errors import BrokerUnavailable, InvalidOption
 from rtgevent.presence import MemoryPresence, Presence, presence_from_url
 from rtgevent.presence.redis import RedisPresence
+from rtgevent.retry import redis_cluster_client
 from rtgevent.types import SessionInfo
 from tests.services import REDIS_URL, LiveServices, RedisServer
 from tests.waiting import WAIT, wait_until
@@ -54,14 +55,86 @@ def without_expiry(infos: list[SessionInfo]) -> list[SessionInfo]:
 # ---------------------------------------------------------------------------- fixtures
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every store test runs on each store it applies to: one Redis, and a real Redis Cluster (SPEC section 15)."""
+    if "presence" in metafunc.fixturenames:
+        metafunc.parametrize("store", ["memory", "redis", "redis-cluster"], indirect=True)
+    elif "redis_presence" in metafunc.fixturenames:
+        metafunc.parametrize("store", ["redis", "redis-cluster"], indirect=True)
+
+
 @pytest.fixture
-def redis_presence(ns: str) -> Iterator[Callable[..., RedisPresence]]:
+def store(request: pytest.FixtureRequest) -> str:
+    """Which store this test runs on; tests about one Redis only (special clients, outages) get ``redis``."""
+    return str(getattr(request, "param", "redis"))
+
+
+@pytest.fixture
+def store_url(store: str, request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("redis_cluster").url) if store == "redis-cluster" else REDIS_URL
+
+
+@pytest.fixture
+def admin(store: str, store_url: str, live: LiveServices) -> Iterator[Any]:
+    """A client of the store's Redis (or cluster) to look at keys behind its back; replaces conftest's for ``ns``."""
+    live.require(REDIS_URL)
+    client: Any = (
+        redis_cluster_client(store_url, socket_timeout=5)
+        if store == "redis-cluster"
+        else redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    )
+    yield client
+    client.close()
+
+
+class Keys:
+    """The key layout `rtgevent.presence.redis` documents, spelled for one Redis or for a cluster (hash-tagged).
+
+    ``rest`` is how a node-set member spells an identity: ``<escaped tenant>:<identity>``.
+    """
+
+    def __init__(self, ns: str, cluster: bool) -> None:
+        self.ns = ns
+        self.cluster = cluster
+        self.leases = f"{{{ns}:leases}}" if cluster else f"{ns}:leases"
+        #: a SCAN pattern for every key of the namespace
+        self.all = f"{{{ns}:*" if cluster else f"{ns}:*"
+
+    def _owned(self, kind: str, name: str, suffix: str, single: str) -> str:
+        return f"{{{self.ns}:{kind}:{name}}}{suffix}" if self.cluster else f"{self.ns}:{single}:{name}"
+
+    def ident(self, rest: str) -> str:
+        return self._owned("ident", rest, "", "ident")
+
+    def seq(self, rest: str) -> str:
+        return self._owned("ident", rest, ":seq", "seq")
+
+    def node(self, node: str) -> str:
+        return self._owned("node", node, "", "node")
+
+    def nodechan(self, node: str) -> str:
+        return self._owned("node", node, ":chan", "nodechan")
+
+    def chan(self, channel: str) -> str:
+        return self._owned("chan", channel, "", "chan")
+
+    def chancount(self, channel: str) -> str:
+        return self._owned("chan", channel, ":count", "chancount")
+
+
+@pytest.fixture
+def keys(ns: str, store: str) -> Keys:
+    return Keys(ns, store == "redis-cluster")
+
+
+@pytest.fixture
+def redis_presence(ns: str, store_url: str) -> Iterator[Callable[..., RedisPresence]]:
     """``redis_presence(ttl=..., **kw)``: RedisPresence objects in this test's namespace, closed afterwards."""
     made: list[RedisPresence] = []
 
     def factory(ttl: float = 30.0, **kwargs: Any) -> RedisPresence:
         kwargs.setdefault("namespace", ns)
-        presence = RedisPresence(REDIS_URL, ttl, **kwargs)
+        presence = RedisPresence(store_url, ttl, **kwargs)
         made.append(presence)
         return presence
 
@@ -70,14 +143,14 @@ def redis_presence(ns: str) -> Iterator[Callable[..., RedisPresence]]:
         presence.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def presence(request: pytest.FixtureRequest) -> Iterator[Presence]:
+@pytest.fixture
+def presence(store: str, request: pytest.FixtureRequest) -> Iterator[Presence]:
     """Each implementation in turn; its nodes are renewed before use, as `Realtime.start` does."""
-    store: Presence = MemoryPresence() if request.param == "memory" else request.getfixturevalue("redis_presence")()
+    made: Presence = MemoryPresence() if store == "memory" else request.getfixturevalue("redis_presence")()
     for node in ("node-a", "node-b", "node-c"):
-        store.renew(node, 30.0)
-    yield store
-    store.close()
+        made.renew(node, 30.0)
+    yield made
+    made.close()
 
 
 # ---------------------------------------------------------------------------- the contract
@@ -252,7 +325,7 @@ def test_unrenewed_node_vanishes_within_ttl(redis_presence: Callable[..., RedisP
 
 
 def test_expired_node_is_purged_by_another_nodes_renew(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:
     """After a dead node's lease ran out, the next renew of any node deletes its keys."""
     node_a, node_b = redis_presence(), redis_presence(0.5)
@@ -266,18 +339,18 @@ def test_expired_node_is_purged_by_another_nodes_renew(
         node_b.register(info)
     wait_until(lambda: not node_a.is_online("t:1", "bea"), "node-b's lease to run out")
     # nobody renewed since: the entries are still stored, merely ignored
-    assert admin.exists(f"{ns}:node:node-b")
-    assert admin.hexists(f"{ns}:ident:acme:alice", on_b.session_id)
+    assert admin.exists(keys.node("node-b"))
+    assert admin.hexists(keys.ident("acme:alice"), on_b.session_id)
 
     node_a.renew("node-a", 30)
 
-    assert not admin.exists(f"{ns}:node:node-b")
-    assert admin.zscore(f"{ns}:leases", "node-b") is None
-    assert admin.hkeys(f"{ns}:ident:acme:alice") == [on_a.session_id.encode()]
-    assert not admin.exists(f"{ns}:ident:t%3A1:bea")
+    assert not admin.exists(keys.node("node-b"))
+    assert admin.zscore(keys.leases, "node-b") is None
+    assert admin.hkeys(keys.ident("acme:alice")) == [on_a.session_id.encode()]
+    assert not admin.exists(keys.ident("t%3A1:bea"))
     # the live node is untouched
-    assert admin.smembers(f"{ns}:node:node-a") == {f"{on_a.session_id}:acme:alice".encode()}
-    assert admin.zscore(f"{ns}:leases", "node-a") is not None
+    assert admin.smembers(keys.node("node-a")) == {f"{on_a.session_id}:acme:alice".encode()}
+    assert admin.zscore(keys.leases, "node-a") is not None
     assert without_expiry(node_a.get_identity_sessions("acme", "alice")) == [on_a]
 
 
@@ -289,7 +362,7 @@ def _fill(store: RedisPresence, node: str, count: int, identities: int) -> list[
 
 
 def test_concurrent_purges_neither_fail_nor_touch_live_nodes(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:
     """Several nodes purging one dead node at once: no error, the dead node is gone, live ones intact."""
     node_a, node_c, node_b = redis_presence(), redis_presence(), redis_presence(0.5)
@@ -302,7 +375,7 @@ def test_concurrent_purges_neither_fail_nor_touch_live_nodes(
         lambda: all(s.node_id != "node-b" for s in node_a.get_identity_sessions("acme", "user-0")),
         "node-b's lease to run out",
     )
-    assert admin.scard(f"{ns}:node:node-b") == 1000  # expired, not yet purged
+    assert admin.scard(keys.node("node-b")) == 1000  # expired, not yet purged
     for store in (node_a, node_c):
         store.purge_chunk = 25  # many small chunks, so the purgers really interleave
     jobs = [
@@ -314,14 +387,14 @@ def test_concurrent_purges_neither_fail_nor_touch_live_nodes(
     gevent.joinall(jobs, timeout=WAIT, raise_error=True)
     assert all(job.successful() for job in jobs)
 
-    assert not admin.exists(f"{ns}:node:node-b")
-    assert admin.zscore(f"{ns}:leases", "node-b") is None
+    assert not admin.exists(keys.node("node-b"))
+    assert admin.zscore(keys.leases, "node-b") is None
     for i in range(100):
         expected = sorted(info.session_id for info in live if info.identity_id == f"user-{i}")
-        assert sorted(f.decode() for f in admin.hkeys(f"{ns}:ident:acme:user-{i}")) == expected
+        assert sorted(f.decode() for f in admin.hkeys(keys.ident(f"acme:user-{i}"))) == expected
         assert sorted(s.session_id for s in node_c.get_identity_sessions("acme", f"user-{i}")) == expected
-    assert admin.scard(f"{ns}:node:node-a") == 100
-    assert admin.scard(f"{ns}:node:node-c") == 100
+    assert admin.scard(keys.node("node-a")) == 100
+    assert admin.scard(keys.node("node-c")) == 100
 
 
 def test_node_that_renews_during_its_purge_keeps_its_sessions(
@@ -343,7 +416,7 @@ def test_node_that_renews_during_its_purge_keeps_its_sessions(
 
 
 def test_renew_rewrites_entries_redis_lost_and_drops_stale_ones(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:
     """Redis restarted empty, or an unregister failed: the node's next renew makes Redis match it."""
     store = redis_presence()
@@ -351,19 +424,19 @@ def test_renew_rewrites_entries_redis_lost_and_drops_stale_ones(
     infos = [make_info(identity=f"user-{i}") for i in range(5)]
     for info in infos:
         store.register(info)
-    admin.delete(*admin.scan_iter(match=f"{ns}:*"))  # what a restart without persistence does
+    admin.delete(*admin.scan_iter(match=keys.all))  # what a restart without persistence does
     assert not store.is_online("acme", "user-0")
     store.renew("node-a", 30)
     for info in infos:
         assert without_expiry(store.get_identity_sessions("acme", info.identity_id)) == [info]
 
     ghost = make_info(identity="user-0")  # left behind by an unregister that failed
-    admin.hset(f"{ns}:ident:acme:user-0", ghost.session_id, f'["node-a","x","{ghost.connected_at.isoformat()}"]')
-    admin.sadd(f"{ns}:node:node-a", f"{ghost.session_id}:acme:user-0")
+    admin.hset(keys.ident("acme:user-0"), ghost.session_id, f'["node-a","x","{ghost.connected_at.isoformat()}"]')
+    admin.sadd(keys.node("node-a"), f"{ghost.session_id}:acme:user-0")
     assert len(store.get_identity_sessions("acme", "user-0")) == 2
     store.renew("node-a", 30)
     assert without_expiry(store.get_identity_sessions("acme", "user-0")) == [infos[0]]
-    assert admin.scard(f"{ns}:node:node-a") == 5
+    assert admin.scard(keys.node("node-a")) == 5
 
 
 def test_login_numbers_are_shared_by_every_node(redis_presence: Callable[..., RedisPresence]) -> None:
@@ -379,14 +452,14 @@ def test_login_numbers_are_shared_by_every_node(redis_presence: Callable[..., Re
 
 
 def test_login_numbers_survive_a_redis_restart(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:
     """Redis restarted empty: self-healing writes the sessions back with their numbers, and new logins go on above."""
     store = redis_presence()
     store.renew("node-a", 30)
     infos = [make_info() for _ in range(3)]
     assert [store.register(info) for info in infos] == [1, 2, 3]
-    admin.delete(*admin.scan_iter(match=f"{ns}:*"))  # what a restart without persistence does
+    admin.delete(*admin.scan_iter(match=keys.all))  # what a restart without persistence does
     store.renew("node-a", 30)  # heals
     assert store.sequence("acme", "alice") == 3
     assert store.register(infos[0]) == 1  # registering a known session again keeps its number
@@ -394,7 +467,7 @@ def test_login_numbers_survive_a_redis_restart(
 
 
 def test_the_counter_is_purged_with_a_dead_nodes_last_session(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:
     """A purge that removes an identity's last session removes its counter too; others keep theirs."""
     node_a, node_b = redis_presence(), redis_presence(0.5)
@@ -405,13 +478,13 @@ def test_the_counter_is_purged_with_a_dead_nodes_last_session(
     node_b.register(make_info(identity="only-b", node="node-b"))
     wait_until(lambda: not node_a.is_online("acme", "only-b"), "node-b's lease to run out")
     node_a.renew("node-a", 30)  # purges node-b
-    assert not admin.exists(f"{ns}:seq:acme:only-b")
+    assert not admin.exists(keys.seq("acme:only-b"))
     assert node_a.sequence("acme", "only-b") == 0
     assert node_a.sequence("acme", "shared") == 2
 
 
 def test_close_retires_the_node_at_once(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:
     """close() does not leave the node's lease and leftovers to expire: they are gone immediately."""
     store, reader = redis_presence(), redis_presence()
@@ -422,9 +495,9 @@ def test_close_retires_the_node_at_once(
     store.unregister(infos[0].session_id)
     store.close()
     assert reader.get_identity_sessions("acme", "alice") == []
-    assert admin.zscore(f"{ns}:leases", "node-z") is None
-    assert not admin.exists(f"{ns}:node:node-z")
-    assert not admin.exists(f"{ns}:ident:acme:alice")
+    assert admin.zscore(keys.leases, "node-z") is None
+    assert not admin.exists(keys.node("node-z"))
+    assert not admin.exists(keys.ident("acme:alice"))
 
 
 def test_register_without_a_prior_renew_leases_the_node(redis_presence: Callable[..., RedisPresence]) -> None:
@@ -504,12 +577,16 @@ def test_silent_redis_raises_broker_unavailable_after_socket_timeout() -> None:
 # ---------------------------------------------------------------------------- RedisPresence: costs
 
 
-def _namespace_bytes(admin: redis.Redis, ns: str) -> int:
-    return sum(int(admin.memory_usage(key, samples=0) or 0) for key in admin.scan_iter(match=f"{ns}:*"))
+def _namespace_bytes(admin: Any, keys: Keys) -> int:
+    return sum(int(admin.memory_usage(key, samples=0) or 0) for key in admin.scan_iter(match=keys.all))
 
 
 def test_memory_per_session(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, capsys: pytest.CaptureFixture[str]
+    redis_presence: Callable[..., RedisPresence],
+    admin: redis.Redis,
+    ns: str,
+    capsys: pytest.CaptureFixture[str],
+    keys: Keys,
 ) -> None:
     """MEMORY USAGE of every key for 1,000 sessions, divided by 1,000 (ARCHITECTURE.md: ~150 bytes)."""
     results = {}
@@ -521,10 +598,10 @@ def test_memory_per_session(
             # a realistic session: 32-hex id, an IPv4 peer, a node id like Realtime's
             store, node = (node_a, "node-a") if i % 2 else (node_b, "node-b")
             store.register(make_info(identity=f"user-{i % identities:06d}", node=node, remote_addr="198.51.100.23"))
-        results[identities] = _namespace_bytes(admin, ns) / 1000
+        results[identities] = _namespace_bytes(admin, keys) / 1000
         node_a.close()
         node_b.close()
-        assert not list(admin.scan_iter(match=f"{ns}:*"))
+        assert not list(admin.scan_iter(match=keys.all))
     with capsys.disabled():
         print(
             f"\n[presence] Redis bytes per session: {results[1000]:.0f} (1,000 identities x 1 session), "
@@ -735,7 +812,7 @@ def test_concurrent_joins_and_leaves_keep_the_count(presence: Presence) -> None:
 
 
 def test_a_dead_nodes_channel_members_vanish_within_ttl_and_are_purged(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:
     """A node that stops renewing leaves every member list and count within ttl; a renew elsewhere purges it."""
     ttl = 0.5
@@ -756,23 +833,23 @@ def test_a_dead_nodes_channel_members_vanish_within_ttl_and_are_purged(
     assert without_expiry(node_a.channel_members("room:1")) == [on_a]
     assert node_a.channel_members("room:b-only") == [] and node_a.channel_count("room:b-only") == 0
     # ignored, not yet removed
-    assert admin.scard(f"{ns}:nodechan:node-b") == 6
-    assert admin.hlen(f"{ns}:chan:room:1") == 4
+    assert admin.scard(keys.nodechan("node-b")) == 6
+    assert admin.hlen(keys.chan("room:1")) == 4
 
     node_a.renew("node-a", 30)  # purges node-b
 
-    assert not admin.exists(f"{ns}:nodechan:node-b")
-    assert not admin.exists(f"{ns}:node:node-b")
-    assert admin.zscore(f"{ns}:leases", "node-b") is None
-    assert admin.hkeys(f"{ns}:chan:room:1") == [on_a.session_id.encode()]
-    assert admin.hgetall(f"{ns}:chancount:room:1") == {b"node-a": b"1"}
-    assert not admin.exists(f"{ns}:chan:room:b-only")
-    assert not admin.exists(f"{ns}:chancount:room:b-only")
-    assert admin.smembers(f"{ns}:nodechan:node-a") == {f"{on_a.session_id}:room:1".encode()}
+    assert not admin.exists(keys.nodechan("node-b"))
+    assert not admin.exists(keys.node("node-b"))
+    assert admin.zscore(keys.leases, "node-b") is None
+    assert admin.hkeys(keys.chan("room:1")) == [on_a.session_id.encode()]
+    assert admin.hgetall(keys.chancount("room:1")) == {b"node-a": b"1"}
+    assert not admin.exists(keys.chan("room:b-only"))
+    assert not admin.exists(keys.chancount("room:b-only"))
+    assert admin.smembers(keys.nodechan("node-a")) == {f"{on_a.session_id}:room:1".encode()}
 
 
 def test_a_purge_in_small_chunks_removes_every_membership(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:
     """A dead node with many memberships is purged chunk by chunk, its sessions and memberships alike."""
     node_a, node_b = redis_presence(30), redis_presence(0.5)
@@ -786,11 +863,11 @@ def test_a_purge_in_small_chunks_removes_every_membership(
     wait_until(lambda: node_a.channel_count("room:all") == 1, "node-b's lease to run out")
     node_a.purge_chunk = 7
     assert node_a.purge_node("node-b")
-    assert not [key for key in admin.scan_iter(match=f"{ns}:*") if b"node-b" in key]
-    assert [key for key in admin.scan_iter(match=f"{ns}:chan*")] != []
-    assert admin.hlen(f"{ns}:chan:room:all") == 1
-    assert admin.hgetall(f"{ns}:chancount:room:all") == {b"node-a": b"1"}
-    assert not any(admin.exists(f"{ns}:chan:room:{i}") for i in range(7))
+    assert not [key for key in admin.scan_iter(match=keys.all) if b"node-b" in key]
+    assert [key for key in admin.scan_iter(match=keys.chan("*"))] != []
+    assert admin.hlen(keys.chan("room:all")) == 1
+    assert admin.hgetall(keys.chancount("room:all")) == {b"node-a": b"1"}
+    assert not any(admin.exists(keys.chan(f"room:{i}")) for i in range(7))
 
 
 def test_a_node_that_renews_during_its_purge_keeps_its_members_and_count(
@@ -813,7 +890,7 @@ def test_a_node_that_renews_during_its_purge_keeps_its_members_and_count(
 
 
 def test_renew_rewrites_memberships_redis_lost_and_drops_stale_ones(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:
     """Redis restarted empty: the next renew writes the node's members and counts back; a ghost is removed."""
     store = redis_presence()
@@ -823,7 +900,7 @@ def test_renew_rewrites_memberships_redis_lost_and_drops_stale_ones(
         store.register(info)
         store.channel_join("room:1", info)
     store.channel_join("room:2", infos[0])
-    admin.delete(*admin.scan_iter(match=f"{ns}:*"))  # what a restart without persistence does
+    admin.delete(*admin.scan_iter(match=keys.all))  # what a restart without persistence does
     assert store.channel_count("room:1") == 0
     store.renew("node-a", 30)
     assert without_expiry(store.channel_members("room:1")) == infos
@@ -834,9 +911,9 @@ def test_renew_rewrites_memberships_redis_lost_and_drops_stale_ones(
 
     ghost = make_info(identity="ghost")  # left behind by a channel_leave that failed
     value = f'["node-a","acme","ghost","x","{ghost.connected_at.isoformat()}"]'
-    admin.hset(f"{ns}:chan:room:1", ghost.session_id, value)
-    admin.sadd(f"{ns}:nodechan:node-a", f"{ghost.session_id}:room:1")
-    admin.hincrby(f"{ns}:chancount:room:1", "node-a", 1)
+    admin.hset(keys.chan("room:1"), ghost.session_id, value)
+    admin.sadd(keys.nodechan("node-a"), f"{ghost.session_id}:room:1")
+    admin.hincrby(keys.chancount("room:1"), "node-a", 1)
     assert store.channel_count("room:1") == 5
     store.renew("node-a", 30)
     assert without_expiry(store.channel_members("room:1")) == infos
@@ -871,7 +948,7 @@ def test_a_join_that_failed_while_redis_was_down_is_written_when_it_answers(live
 
 
 def test_close_retires_the_nodes_memberships_at_once(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str
+    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:
     store, reader = redis_presence(), redis_presence()
     store.renew("node-z", 30)
@@ -879,7 +956,7 @@ def test_close_retires_the_nodes_memberships_at_once(
         store.channel_join("room:1", make_info(node="node-z"))
     store.close()
     assert reader.channel_members("room:1") == [] and reader.channel_count("room:1") == 0
-    assert not list(admin.scan_iter(match=f"{ns}:*"))
+    assert not list(admin.scan_iter(match=keys.all))
 
 
 def test_channel_round_trips(ns: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -940,18 +1017,22 @@ def test_channel_round_trips(ns: str, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_memory_per_membership(
-    redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, capsys: pytest.CaptureFixture[str]
+    redis_presence: Callable[..., RedisPresence],
+    admin: redis.Redis,
+    ns: str,
+    capsys: pytest.CaptureFixture[str],
+    keys: Keys,
 ) -> None:
     """MEMORY USAGE of the channel keys for 1,000 memberships (100 channels x 10 members, 2 nodes), per membership."""
     node_a, node_b = redis_presence(), redis_presence()
     node_a.renew("node-a", 30)
     node_b.renew("node-b", 30)
-    before = _namespace_bytes(admin, ns)
+    before = _namespace_bytes(admin, keys)
     for i in range(1000):
         store, node = (node_a, "node-a") if i % 2 else (node_b, "node-b")
         info = make_info(identity=f"user-{i:06d}", node=node, remote_addr="198.51.100.23")
         store.channel_join(f"room:{i % 100:04d}", info)
-    per = (_namespace_bytes(admin, ns) - before) / 1000
+    per = (_namespace_bytes(admin, keys) - before) / 1000
     with capsys.disabled():
         print(f"\n[presence] Redis bytes per channel membership: {per:.0f} (100 channels x 10 members, 2 nodes)")
     assert per < 400

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidOption
-from ..retry import redact_url
+from ..retry import CLUSTER_SCHEME, redact_url
 from .base import Presence
 from .memory import MemoryPresence
 
@@ -24,7 +24,7 @@ _OPTIONS = frozenset({"ttl", "namespace", "socket_timeout", "retries"})
 
 
 def presence_from_url(url: str, **kwargs: Any) -> Presence:
-    """``redis://`` / ``rediss://`` → `RedisPresence`, ``memory://`` → `MemoryPresence`.
+    """``redis://`` / ``rediss://`` / ``redis+cluster://`` → `RedisPresence`, ``memory://`` → `MemoryPresence`.
 
     Anything else raises `InvalidOption` showing the URL without its password.
     """
@@ -33,14 +33,15 @@ def presence_from_url(url: str, **kwargs: Any) -> Presence:
         raise InvalidOption("presence_url", f"unknown option(s) {', '.join(unknown)}")
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower() if sep else ""
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", CLUSTER_SCHEME):
         from .redis import RedisPresence
 
         return RedisPresence(url, **kwargs)
     if scheme == "memory":
         return MemoryPresence()
     raise InvalidOption(
-        "presence_url", f"unsupported scheme {scheme!r} in {redact_url(url)!r}: use redis://, rediss:// or memory://"
+        "presence_url",
+        f"unsupported scheme {scheme!r} in {redact_url(url)!r}: use redis://, rediss://, redis+cluster:// or memory://",
     )
 
 

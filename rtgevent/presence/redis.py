@@ -90,15 +90,17 @@ import json
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 
 from ..broker.base import check_namespace
 from ..channels import check_channel
 from ..errors import InvalidOption
-from ..retry import redact_url, redis_client, redis_retrying
+from ..retry import CLUSTER_SCHEME, redact_url, redis_client, redis_cluster_client, redis_retrying
 from ..types import SessionInfo
 from .base import NodeLease, OnlineIdentity, identity_matches
 
@@ -152,6 +154,8 @@ return out
 
 # Sets this node's deadline to now + ttl, and reports how many sessions and channel
 # memberships Redis holds for it (to detect lost entries) and a few expired nodes (to purge).
+# On Redis Cluster only KEYS[1] is given (the node's sets live in its own slot, counted by
+# the lease script) and the counts come back as -1.
 _RENEW_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -159,7 +163,56 @@ local deadline = string.format('%.6f', now + tonumber(ARGV[2]))
 redis.call('ZADD', KEYS[1], deadline, ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now),
                            'LIMIT', 0, tonumber(ARGV[3]))
-return {deadline, redis.call('SCARD', KEYS[2]), expired, redis.call('SCARD', KEYS[3])}
+local stored, joined = -1, -1
+if KEYS[2] then stored, joined = redis.call('SCARD', KEYS[2]), redis.call('SCARD', KEYS[3]) end
+return {deadline, stored, expired, joined}
+"""
+
+# Redis Cluster: the node's own lease, in the slot of its session and channel sets (the
+# purge checks it atomically with what it pops).  KEYS: the lease, the session set, the
+# channel set; ARGV: the ttl.  Returns the deadline and the two set sizes.
+_LEASE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local deadline = string.format('%.6f', now + tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], deadline)
+return {deadline, redis.call('SCARD', KEYS[2]), redis.call('SCARD', KEYS[3])}
+"""
+
+# Redis Cluster: pops one chunk of an expired node's entries, in the node's slot; the caller
+# removes each from its identity's or channel's slot.  KEYS as `_LEASE_LUA`'s; ARGV: the
+# chunk.  Returns {left, sessions popped, memberships popped}; left is -1 if the node
+# renewed meanwhile (leave it alone), 0 when nothing is left (the lease key is gone then).
+_PURGE_CHUNK_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local d = redis.call('GET', KEYS[1])
+if not d then return {0, {}, {}} end
+if tonumber(d) > now then return {-1, {}, {}} end
+local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[1]))
+local joined = redis.call('SPOP', KEYS[3], tonumber(ARGV[1]))
+local left = redis.call('SCARD', KEYS[2]) + redis.call('SCARD', KEYS[3])
+if left == 0 then redis.call('DEL', KEYS[1]) end
+return {left, members, joined}
+"""
+
+# Redis Cluster: takes a purged node out of the directory, unless it renewed meanwhile.
+_RETIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local d = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if d and tonumber(d) <= now then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+# Redis Cluster: the directory as it is now: Redis' time, then each live node and its
+# deadline, at most ARGV[1] of them.
+_DIRECTORY_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.6f', now), '+inf',
+                        'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
+return {string.format('%.6f', now), live}
 """
 
 # How many members a channel has on live nodes: the count hash has one field per node.
@@ -189,8 +242,10 @@ end
 # session's identity entry, as the write script's 'del' does: a closing session is one call.
 # ARGV: op ('add', 'del', 'unregister'), session id, node id, member value, the number n of
 # channels, then n node-channel-set members, then (unregister) the identity node-set member.
-# KEYS: the node's channel set, then each channel's member hash and count hash, then
-# (unregister) the identity hash, the node set and the identity's login counter.
+# KEYS: each channel's member hash and count hash, then the node's channel set, then
+# (unregister) the identity hash, the identity's login counter and the node set.  On Redis
+# Cluster a call names one channel's two keys only (one slot): the caller writes the node's
+# channel set itself, and never sends 'unregister'.
 # A member is removed only if it names this node: a session id is a node's own.
 _CHANNEL_LUA = (
     _NODE_OF_LUA
@@ -200,21 +255,22 @@ local function uncount(key, node)
 end
 local op, sid, node = ARGV[1], ARGV[2], ARGV[3]
 local n = tonumber(ARGV[5])
+local set = KEYS[2 * n + 1]
 local changed = 0
 for i = 1, n do
-  local members, counts, entry = KEYS[2 * i], KEYS[2 * i + 1], ARGV[5 + i]
+  local members, counts, entry = KEYS[2 * i - 1], KEYS[2 * i], ARGV[5 + i]
   local old = redis.call('HGET', members, sid)
   local was = old and node_of(old)
   if op == 'add' then
     redis.call('HSET', members, sid, ARGV[4])
-    redis.call('SADD', KEYS[1], entry)
+    if set then redis.call('SADD', set, entry) end
     if was ~= node then
       uncount(counts, was)
       redis.call('HINCRBY', counts, node, 1)
       changed = changed + 1
     end
   else
-    redis.call('SREM', KEYS[1], entry)
+    if set then redis.call('SREM', set, entry) end
     if was == node then
       redis.call('HDEL', members, sid)
       uncount(counts, node)
@@ -225,8 +281,8 @@ end
 if op == 'unregister' then
   local k = 2 * n + 2
   redis.call('HDEL', KEYS[k], sid)
-  redis.call('SREM', KEYS[k + 1], ARGV[6 + n])
-  if redis.call('EXISTS', KEYS[k]) == 0 then redis.call('DEL', KEYS[k + 2]) end
+  redis.call('SREM', KEYS[k + 2], ARGV[6 + n])
+  if redis.call('EXISTS', KEYS[k]) == 0 then redis.call('DEL', KEYS[k + 1]) end
 end
 return changed
 """
@@ -247,7 +303,10 @@ return n
 )
 
 # Adds or removes one session, atomically (a purge sees all of its entries or none).
-# KEYS: the identity hash, the node set, the identity's login counter.
+# KEYS: the identity hash, the identity's login counter, then the node set -- except on Redis
+# Cluster, where the node set lives in another slot and the caller writes it itself (first
+# when adding, last when removing: a crash in between leaves an index entry without a
+# session, which a purge removes harmlessly, never a session no purge can find).
 # ARGV: 'add' or 'del', session id, node-set member, hash value, the number to keep ('' for a
 # new login).  'add' returns the session's login number: the next one, or the kept one (the
 # counter is raised to it if Redis lost it).  Without a counter the identity's sessions are all
@@ -256,20 +315,20 @@ return n
 _WRITE_LUA = """
 if ARGV[1] == 'del' then
   redis.call('HDEL', KEYS[1], ARGV[2])
-  redis.call('SREM', KEYS[2], ARGV[3])
-  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
+  if KEYS[3] then redis.call('SREM', KEYS[3], ARGV[3]) end
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
   return 0
 end
-local last = tonumber(redis.call('GET', KEYS[3])) or redis.call('EXISTS', KEYS[1])
+local last = tonumber(redis.call('GET', KEYS[2])) or redis.call('EXISTS', KEYS[1])
 local n
 if ARGV[5] == '' then
   n = last + 1
 else
   n = tonumber(ARGV[5])
 end
-if n > 1 and n > last then redis.call('SET', KEYS[3], n) end
+if n > 1 and n > last then redis.call('SET', KEYS[2], n) end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[3])
+if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[3]) end
 return n
 """
 
@@ -357,6 +416,73 @@ _SCAN_COUNT = 500
 _PURGE_ROUNDS = 10_000
 
 _UNESCAPE = re.compile(r"%(25|3A)")
+
+#: Redis Cluster: how long the directory of live nodes as last read may answer lookups.
+_DIRECTORY_MAX_AGE = 1.0
+
+#: Redis Cluster: the most live nodes one directory read returns.
+_DIRECTORY_LIMIT = 10_000
+
+
+class _Directory(NamedTuple):
+    """Redis Cluster: the live nodes and their deadlines, read at ``read_at`` (monotonic) when Redis said ``now``."""
+
+    read_at: float
+    now: float
+    deadlines: dict[str, float]
+
+    def alive(self, nodes: Iterable[str]) -> dict[str, float]:
+        """Those of ``nodes`` whose deadline is still ahead, by Redis' clock as it stands now."""
+        now = self.now + (time.monotonic() - self.read_at)
+        return {node: d for node in nodes if (d := self.deadlines.get(node)) is not None and d > now}
+
+
+class _Batch:
+    """Writes queued in order, then run together (`run` returns each one's reply).
+
+    One Redis: one call alone is one call; several are one ``MULTI`` (all or nothing, as a
+    purge must see them).  Redis Cluster has no transaction across slots, so there
+    ``ordered`` batches run one call after another, in the order queued (the order is what
+    keeps a crash harmless, see `_WRITE_LUA`), and the others (purges, self-healing) go in
+    one pipeline, one round trip per shard, scripts sent as ``EVAL`` text (a pipeline cannot
+    load a script a shard lacks, such as a freshly promoted replica).
+    """
+
+    __slots__ = ("_client", "_cluster", "_ops", "_ordered")
+
+    def __init__(self, client: Any, *, cluster: bool, ordered: bool) -> None:
+        self._client = client
+        self._cluster = cluster
+        self._ordered = ordered
+        self._ops: list[tuple[Any, list[str], list[Any]]] = []
+
+    def script(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        self._ops.append((script, keys, args))
+
+    def command(self, *args: Any) -> None:
+        self._ops.append((None, [], list(args)))
+
+    def run(self) -> list[Any]:
+        ops = self._ops
+        if len(ops) == 1 or (self._cluster and self._ordered):
+            return [self._call(self._client, op) for op in ops]
+        if not self._cluster:
+            pipe = self._client.pipeline(transaction=True)
+            for op in ops:
+                self._call(pipe, op)
+            return list(pipe.execute())
+        pipe = self._client.pipeline()
+        for script, keys, args in ops:
+            if script is None:
+                pipe.execute_command(*args)
+            else:
+                pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+        return list(pipe.execute())
+
+    @staticmethod
+    def _call(client: Any, op: tuple[Any, list[str], list[Any]]) -> Any:
+        script, keys, args = op
+        return client.execute_command(*args) if script is None else script(keys=keys, args=args, client=client)
 
 
 def _check_ttl(ttl: float) -> None:
@@ -447,7 +573,7 @@ class RedisPresence:
 
     def __init__(
         self,
-        url_or_client: str | redis.Redis,
+        url_or_client: str | redis.Redis | RedisCluster,
         ttl: float = 90.0,
         *,
         namespace: str = "rtgevent",
@@ -460,23 +586,25 @@ class RedisPresence:
         if not isinstance(retries, int) or retries < 0:
             raise InvalidOption("retries", "must be an integer >= 0")
         check_namespace(namespace)
+        self._client: Any  # redis.Redis or RedisCluster: the calls made here are common to both
         if isinstance(url_or_client, str):
-            # no hidden retries in the client: the bound on how long a caller waits is ours
-            self._client: redis.Redis = redis_client(url_or_client, socket_timeout=socket_timeout, field="presence_url")
+            if url_or_client.partition("://")[0].lower() == CLUSTER_SCHEME:
+                self._client = redis_cluster_client(url_or_client, socket_timeout=socket_timeout, field="presence_url")
+            else:
+                # no hidden retries in the client: the bound on how long a caller waits is ours
+                self._client = redis_client(url_or_client, socket_timeout=socket_timeout, field="presence_url")
             self._owns_client = True
             self._where = redact_url(url_or_client)
         else:
             self._client = url_or_client
             self._owns_client = False
             self._where = _describe(url_or_client)
+        #: on Redis Cluster: keys hash-tagged per owner, and no script touches two slots
+        self.cluster = isinstance(self._client, RedisCluster)
         self._ttl = float(ttl)
         self._retries = retries
         self._ns = namespace
-        self._leases_key = f"{namespace}:leases"
-        self._ident_prefix = f"{namespace}:ident:"
-        self._seq_prefix = f"{namespace}:seq:"
-        self._chan_prefix = f"{namespace}:chan:"
-        self._count_prefix = f"{namespace}:chancount:"
+        self._leases_key = f"{{{namespace}:leases}}" if self.cluster else f"{namespace}:leases"
         self._lookup = self._client.register_script(_LOOKUP_LUA)
         self._count = self._client.register_script(_COUNT_LUA)
         self._channel_script = self._client.register_script(_CHANNEL_LUA)
@@ -487,6 +615,12 @@ class RedisPresence:
         self._sequence = self._client.register_script(_SEQUENCE_LUA)
         self._nodes = self._client.register_script(_NODES_LUA)
         self._live = self._client.register_script(_LIVE_LUA)
+        self._lease = self._client.register_script(_LEASE_LUA)
+        self._purge_chunk = self._client.register_script(_PURGE_CHUNK_LUA)
+        self._retire = self._client.register_script(_RETIRE_LUA)
+        self._directory_script = self._client.register_script(_DIRECTORY_LUA)
+        #: Redis Cluster: the directory of live nodes as last read (see `_alive`)
+        self._directory: _Directory | None = None
         self._lock = threading.Lock()
         #: writes (register, unregister, channel joins and leaves) in flight, and whether a
         #: self-healing runs: healing waits for the writes in flight and holds new ones back,
@@ -509,18 +643,42 @@ class RedisPresence:
         self._joined_by_node: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ keys
+    #
+    # One Redis: the layout of the module docstring.  Redis Cluster: the same keys, named so
+    # that each owner's keys share a hash tag (the braces) and so a slot: an identity's hash
+    # and counter, a node's sets, lease and stats, a channel's members and counts.
+
+    def _ident_key_of(self, rest: str) -> str:
+        """The identity hash of ``rest`` (``<esc(tenant)>:<identity>``, as node-set members spell it)."""
+        return f"{{{self._ns}:ident:{rest}}}" if self.cluster else f"{self._ns}:ident:{rest}"
+
+    def _seq_key_of(self, rest: str) -> str:
+        return f"{{{self._ns}:ident:{rest}}}:seq" if self.cluster else f"{self._ns}:seq:{rest}"
 
     def _ident_key(self, tenant_id: str, identity_id: str) -> str:
-        return f"{self._ident_prefix}{_esc(tenant_id)}:{identity_id}"
+        return self._ident_key_of(f"{_esc(tenant_id)}:{identity_id}")
 
     def _seq_key(self, tenant_id: str, identity_id: str) -> str:
-        return f"{self._seq_prefix}{_esc(tenant_id)}:{identity_id}"
+        return self._seq_key_of(f"{_esc(tenant_id)}:{identity_id}")
 
     def _node_key(self, node_id: str) -> str:
-        return f"{self._ns}:node:{node_id}"
+        return f"{{{self._ns}:node:{node_id}}}" if self.cluster else f"{self._ns}:node:{node_id}"
 
     def _node_channels_key(self, node_id: str) -> str:
-        return f"{self._ns}:nodechan:{node_id}"
+        return f"{{{self._ns}:node:{node_id}}}:chan" if self.cluster else f"{self._ns}:nodechan:{node_id}"
+
+    def _lease_key(self, node_id: str) -> str:
+        """Redis Cluster only: the node's own lease, beside its sets."""
+        return f"{{{self._ns}:node:{node_id}}}:lease"
+
+    def _stats_key(self, node_id: str) -> str:
+        return f"{{{self._ns}:node:{node_id}}}:stats" if self.cluster else f"{self._ns}:nodestats:{node_id}"
+
+    def _chan_key(self, channel: str) -> str:
+        return f"{{{self._ns}:chan:{channel}}}" if self.cluster else f"{self._ns}:chan:{channel}"
+
+    def _count_key(self, channel: str) -> str:
+        return f"{{{self._ns}:chan:{channel}}}:count" if self.cluster else f"{self._ns}:chancount:{channel}"
 
     @staticmethod
     def _channel_entry(session_id: str, channel: str) -> str:
@@ -614,8 +772,7 @@ class RedisPresence:
 
     def get_identity_sessions(self, tenant_id: str, identity_id: str) -> list[SessionInfo]:
         """Live sessions of one identity, oldest first; one EVALSHA.  ``expires_at`` is the node's lease."""
-        keys = [self._ident_key(tenant_id, identity_id), self._leases_key]
-        flat = self._run("lookup", lambda: self._lookup(keys=keys, args=["0"]))
+        flat = self._lookup_live(self._ident_key(tenant_id, identity_id), first=False)
 
         def decode(value: list[str]) -> tuple[str, str, str, str, str]:
             node_id, remote_addr, connected_at = value
@@ -625,8 +782,7 @@ class RedisPresence:
 
     def is_online(self, tenant_id: str, identity_id: str) -> bool:
         """Whether the identity has a session on a live node; one EVALSHA that stops at the first."""
-        keys = [self._ident_key(tenant_id, identity_id), self._leases_key]
-        return bool(self._run("lookup", lambda: self._lookup(keys=keys, args=["1"])))
+        return bool(self._lookup_live(self._ident_key(tenant_id, identity_id), first=True))
 
     def sequence(self, tenant_id: str, identity_id: str) -> int:
         """The identity's last login number (0 once it has no session); one EVALSHA."""
@@ -662,14 +818,18 @@ class RedisPresence:
 
     def channel_members(self, channel: str) -> list[SessionInfo]:
         """The channel's members on live nodes, oldest first; one EVALSHA.  ``expires_at`` is the node's lease."""
-        keys = [self._chan_prefix + check_channel(channel), self._leases_key]
-        flat = self._run("channel_members", lambda: self._lookup(keys=keys, args=["0"]))
+        flat = self._lookup_live(self._chan_key(check_channel(channel)), first=False)
         return _infos(flat, tuple)  # a member value spells node, tenant, identity, address, time
 
     def channel_count(self, channel: str) -> int:
         """How many members the channel has on live nodes; one EVALSHA reading one field per node."""
-        keys = [self._count_prefix + check_channel(channel), self._leases_key]
-        return int(self._run("channel_count", lambda: self._count(keys=keys)))
+        key = self._count_key(check_channel(channel))
+        if self.cluster:
+            stored = self._run("channel_count", lambda: self._client.hgetall(key))
+            counts = {_text(node): int(n) for node, n in stored.items()}
+            alive = self._alive(set(counts))
+            return sum(n for node, n in counts.items() if node in alive)
+        return int(self._run("channel_count", lambda: self._count(keys=[key, self._leases_key])))
 
     def renew(self, node_id: str, ttl: float) -> None:
         """Extend the node's lease to now + ``ttl`` (Redis clock); heal its entries; purge dead nodes.
@@ -678,9 +838,18 @@ class RedisPresence:
         which run anyway, instead of on a janitor process someone must remember to deploy.
         """
         _check_ttl(ttl)
-        keys = [self._leases_key, self._node_key(node_id), self._node_channels_key(node_id)]
-        reply = self._run("renew", lambda: self._renew(keys=keys, args=[node_id, repr(float(ttl)), _EXPIRED_SCAN]))
-        _deadline, stored, expired, stored_joined = reply
+        node_keys = [self._node_key(node_id), self._node_channels_key(node_id)]
+        args = [node_id, repr(float(ttl)), _EXPIRED_SCAN]
+        if self.cluster:
+            # the node's own lease first, beside its sets (what a purge checks), then the
+            # directory every lookup reads: two slots, two calls
+            lease_keys = [self._lease_key(node_id), *node_keys]
+            _, stored, stored_joined = self._run("renew", lambda: self._lease(keys=lease_keys, args=[args[1]]))
+            deadline, _, expired, _ = self._run("renew", lambda: self._renew(keys=[self._leases_key], args=args))
+            self._saw_alive(node_id, float(deadline))
+        else:
+            reply = self._run("renew", lambda: self._renew(keys=[self._leases_key, *node_keys], args=args))
+            _deadline, stored, expired, stored_joined = reply
         with self._lock:
             self._leased.add(node_id)
         drifted, joined_drifted = self._compare(node_id, stored, stored_joined)
@@ -708,13 +877,19 @@ class RedisPresence:
         """Keep the node's stats record for ``ttl`` seconds: one ``SET`` with an expiry."""
         _check_ttl(ttl)
         value = json.dumps(record, separators=(",", ":"))
-        key = f"{self._ns}:nodestats:{node_id}"
+        key = self._stats_key(node_id)
         self._run("publish_node_stats", lambda: self._client.set(key, value, px=max(1, int(ttl * 1000))))
 
     def nodes(self, limit: int = 1000) -> list[NodeLease]:
-        """The live nodes with their session counts and stats records, by node id; one EVALSHA."""
-        args: list[str | int] = [f"{self._ns}:node:", f"{self._ns}:nodestats:", int(limit)]
-        flat = self._run("nodes", lambda: self._nodes(keys=[self._leases_key], args=args))
+        """The live nodes with their session counts and stats records, by node id; one EVALSHA.
+
+        On Redis Cluster: the directory, then one pipeline over the nodes' slots.
+        """
+        if self.cluster:
+            flat = self._cluster_nodes(limit)
+        else:
+            args: list[str | int] = [f"{self._ns}:node:", f"{self._ns}:nodestats:", int(limit)]
+            flat = self._run("nodes", lambda: self._nodes(keys=[self._leases_key], args=args))
         found = []
         for i in range(0, len(flat), 4):
             raw = flat[i + 3]
@@ -732,7 +907,10 @@ class RedisPresence:
         One EVALSHA for the live nodes, then ``SSCAN`` steps of `_SCAN_COUNT` members, with a
         ``MATCH`` pattern that lets Redis drop most members that cannot match ``search``.
         """
-        nodes = [_text(n) for n in self._run("online", lambda: self._live(keys=[self._leases_key], args=[1000]))]
+        if self.cluster:
+            nodes = list(self._read_directory(1000).deadlines)
+        else:
+            nodes = [_text(n) for n in self._run("online", lambda: self._live(keys=[self._leases_key], args=[1000]))]
         pattern = _glob(search)
         counts: dict[tuple[str, str], int] = {}
         for node_id in sorted(nodes):
@@ -778,7 +956,8 @@ class RedisPresence:
         finally:
             if self._owns_client:
                 self._client.close()
-                self._client.connection_pool.disconnect()
+                if not self.cluster:  # a cluster client closes every node's pool itself
+                    self._client.connection_pool.disconnect()
 
     # ------------------------------------------------------------------ maintenance
 
@@ -790,15 +969,12 @@ class RedisPresence:
         the bound only guards against a node registering while its lease is expired): what
         is left is purged by a later renew.
         """
+        if self.cluster:
+            return self._purge_cluster(node_id)
         keys = [self._leases_key, self._node_key(node_id), self._node_channels_key(node_id)]
-        args: list[str | int] = [
-            node_id,
-            self._ident_prefix,
-            self.purge_chunk,
-            self._seq_prefix,
-            self._chan_prefix,
-            self._count_prefix,
-        ]
+        ns = self._ns
+        args: list[str | int] = [node_id, f"{ns}:ident:", self.purge_chunk]
+        args += [f"{ns}:seq:", f"{ns}:chan:", f"{ns}:chancount:"]
         for _ in range(_PURGE_ROUNDS):
             left = int(self._run("purge", lambda: self._purge(keys=keys, args=args)))
             if left < 0:
@@ -807,7 +983,47 @@ class RedisPresence:
                 return True
         return True
 
+    def _purge_cluster(self, node_id: str) -> bool:
+        """`purge_node` on Redis Cluster: each chunk is popped in the node's slot, then removed
+        from the identities' and channels' slots in one pipeline; the directory entry goes last.
+
+        A purger that dies between the pop and the removals leaves those entries behind
+        (they name a dead node, so no lookup returns them): at most one chunk per crash.
+        """
+        keys = [self._lease_key(node_id), self._node_key(node_id), self._node_channels_key(node_id)]
+        for _ in range(_PURGE_ROUNDS):
+            reply = self._run("purge", lambda: self._purge_chunk(keys=keys, args=[self.purge_chunk]))
+            left, members, joined = int(reply[0]), reply[1], reply[2]
+            if left < 0:
+                return False
+            batch = self._batch(ordered=False)
+            for raw in members:
+                member = _text(raw)
+                sid, _, rest = member.partition(":")
+                keys_of = [self._ident_key_of(rest), self._seq_key_of(rest)]
+                batch.script(self._write_script, keys_of, ["del", _unesc(sid), member, "", ""])
+            channels: set[str] = set()
+            for raw in joined:
+                entry = _text(raw)
+                sid, _, channel = entry.partition(":")
+                channel_keys = [self._chan_key(channel), self._count_key(channel)]
+                batch.script(self._channel_script, channel_keys, ["del", _unesc(sid), node_id, "", 1, entry])
+                channels.add(channel)
+            for channel in sorted(channels):
+                batch.command("HDEL", self._count_key(channel), node_id)  # the node is dead: none of its members count
+            self._run("purge", batch.run)
+            if left == 0:
+                self._run("purge", lambda: self._retire(keys=[self._leases_key], args=[node_id]))
+                return True
+        return True
+
     def _expire_lease(self, node_id: str) -> None:
+        if self.cluster:
+            self._run("close", lambda: self._client.set(self._lease_key(node_id), "0"))
+            with self._lock:
+                if self._directory is not None:
+                    deadlines = {n: d for n, d in self._directory.deadlines.items() if n != node_id}
+                    self._directory = self._directory._replace(deadlines=deadlines)
         self._run("close", lambda: self._client.zadd(self._leases_key, {node_id: 0}))
 
     def _drifted(self, node_id: str) -> tuple[bool, bool]:
@@ -852,14 +1068,13 @@ class RedisPresence:
         stale = [m for m in members if m not in wanted]
 
         def write() -> None:
-            pipe = self._client.pipeline(transaction=True)
+            batch = self._batch(ordered=False)
             for member in stale:
                 sid, _, rest = member.partition(":")
-                keys = [self._ident_prefix + rest, node_key, self._seq_prefix + rest]
-                self._write_script(keys=keys, args=["del", _unesc(sid), member, "", ""], client=pipe)
+                self._entry_ops(batch, "del", _unesc(sid), member, rest, node_id, "", None)
             for info, number in want:
-                self._write_script(keys=self._keys(info), args=self._args(info, number), client=pipe)
-            pipe.execute()
+                self._session_ops(batch, info, number)
+            batch.run()
 
         if stale or want:
             self._run("heal", write)
@@ -882,18 +1097,15 @@ class RedisPresence:
         channels = {channel for channel, _ in want} | {entry.partition(":")[2] for entry in stale}
 
         def write() -> None:
-            pipe = self._client.pipeline(transaction=True)
+            batch = self._batch(ordered=False)
             for entry in stale:
                 sid, _, channel = entry.partition(":")
-                keys = [set_key, self._chan_prefix + channel, self._count_prefix + channel]
-                self._channel_script(keys=keys, args=["del", _unesc(sid), node_id, "", 1, entry], client=pipe)
+                self._membership_op(batch, "del", _unesc(sid), node_id, "", channel)
             for channel, info in want:
-                keys, args = self._channel_call("add", [(channel, info)], None)
-                self._channel_script(keys=keys, args=args, client=pipe)
+                self._membership_op(batch, "add", info.session_id, info.node_id, self._member_value(info), channel)
             for channel in sorted(channels):
-                keys = [self._chan_prefix + channel, self._count_prefix + channel]
-                self._recount(keys=keys, args=[node_id], client=pipe)
-            pipe.execute()
+                batch.script(self._recount, [self._chan_key(channel), self._count_key(channel)], [node_id])
+            batch.run()
 
         if channels:
             self._run("heal", write)
@@ -957,26 +1169,55 @@ class RedisPresence:
     def _channel_call(
         self, op: str, memberships: list[tuple[str, SessionInfo]], identity: SessionInfo | None
     ) -> tuple[list[str], list[str | int]]:
-        """Keys and arguments of the channel script for memberships of one session on one node."""
+        """One Redis: keys and arguments of the channel script for memberships of one session on one node."""
         first = memberships[0][1]
-        keys = [self._node_channels_key(first.node_id)]
+        keys: list[str] = []
         entries: list[str | int] = []
         for channel, _info in memberships:
-            keys += [self._chan_prefix + channel, self._count_prefix + channel]
+            keys += [self._chan_key(channel), self._count_key(channel)]
             entries.append(self._channel_entry(first.session_id, channel))
+        keys.append(self._node_channels_key(first.node_id))
         args: list[str | int] = [op, first.session_id, first.node_id, self._member_value(first), len(memberships)]
         args += entries
         if identity is not None:
-            keys += self._keys(identity)
+            keys += self._session_keys(identity)
             args.append(self._member(identity))
         return keys, args
 
     def _channel_write(
         self, op: str, memberships: list[tuple[str, SessionInfo]], identity: SessionInfo | None = None
     ) -> Any:
-        """One EVALSHA of the channel script; with ``identity``, the session's identity entry goes too."""
-        keys, args = self._channel_call("unregister" if identity is not None else op, memberships, identity)
-        return self._channel_script(keys=keys, args=args)
+        """One EVALSHA of the channel script; with ``identity``, the session's identity entry goes too.
+
+        On Redis Cluster: one call per membership (and the identity's writes), in the order of `_membership_op`.
+        """
+        batch = self._batch()
+        if self.cluster:
+            for channel, info in memberships:
+                value = self._member_value(info) if op == "add" else ""
+                self._membership_op(batch, op, info.session_id, info.node_id, value, channel)
+            if identity is not None:
+                self._session_ops(batch, identity, None, add=False)
+        else:
+            keys, args = self._channel_call("unregister" if identity is not None else op, memberships, identity)
+            batch.script(self._channel_script, keys, args)
+        return batch.run()
+
+    def _membership_op(self, batch: _Batch, op: str, session_id: str, node_id: str, value: str, channel: str) -> None:
+        """Queue one membership's add or removal: one script call, or on a cluster the node's channel set apart
+        (first when adding, last when removing, as `_entry_ops` does for sessions)."""
+        entry = self._channel_entry(session_id, channel)
+        keys = [self._chan_key(channel), self._count_key(channel)]
+        args: list[str | int] = [op, session_id, node_id, value, 1, entry]
+        set_key = self._node_channels_key(node_id)
+        if not self.cluster:
+            batch.script(self._channel_script, [*keys, set_key], args)
+        elif op == "add":
+            batch.command("SADD", set_key, entry)
+            batch.script(self._channel_script, keys, args)
+        else:
+            batch.script(self._channel_script, keys, args)
+            batch.command("SREM", set_key, entry)
 
     def _moved(self, previous: SessionInfo | None, info: SessionInfo) -> list[SessionInfo]:
         """A re-registered session id whose keys changed: its old entries must go in the same MULTI."""
@@ -989,30 +1230,144 @@ class RedisPresence:
         )
         return [] if same_keys else [previous]
 
-    def _keys(self, info: SessionInfo) -> list[str]:
-        """The keys the write script touches for one session."""
-        return [
-            self._ident_key(info.tenant_id, info.identity_id),
-            self._node_key(info.node_id),
-            self._seq_key(info.tenant_id, info.identity_id),
-        ]
+    def _session_keys(self, info: SessionInfo) -> list[str]:
+        """The keys the write script touches for one session on one Redis."""
+        rest = f"{_esc(info.tenant_id)}:{info.identity_id}"
+        return [self._ident_key_of(rest), self._seq_key_of(rest), self._node_key(info.node_id)]
 
-    def _args(self, info: SessionInfo, number: int | None, add: bool = True) -> list[str]:
-        keep = "" if number is None else str(number)
-        return ["add" if add else "del", info.session_id, self._member(info), self._value(info), keep]
+    def _session_ops(self, batch: _Batch, info: SessionInfo, number: int | None, add: bool = True) -> None:
+        """Queue one session's add (keeping login ``number``, or a new one for None) or removal."""
+        rest = f"{_esc(info.tenant_id)}:{info.identity_id}"
+        op = "add" if add else "del"
+        self._entry_ops(batch, op, info.session_id, self._member(info), rest, info.node_id, self._value(info), number)
+
+    def _entry_ops(
+        self,
+        batch: _Batch,
+        op: str,
+        session_id: str,
+        member: str,
+        rest: str,
+        node_id: str,
+        value: str,
+        number: int | None,
+    ) -> None:
+        """Queue the write script for one identity entry; on a cluster the node set apart (first when
+        adding, last when removing: see `_WRITE_LUA`)."""
+        keys = [self._ident_key_of(rest), self._seq_key_of(rest)]
+        args = [op, session_id, member, value, "" if number is None else str(number)]
+        node_key = self._node_key(node_id)
+        if not self.cluster:
+            batch.script(self._write_script, [*keys, node_key], args)
+        elif op == "add":
+            batch.command("SADD", node_key, member)
+            batch.script(self._write_script, keys, args)
+        else:
+            batch.script(self._write_script, keys, args)
+            batch.command("SREM", node_key, member)
 
     def _write_one(self, info: SessionInfo, number: int | None, add: bool = True) -> Any:
-        """One session added (its login number is returned) or removed: one EVALSHA."""
-        return self._write_script(keys=self._keys(info), args=self._args(info, number, add))
+        """One session added (its login number is returned) or removed: one EVALSHA (two calls on a cluster)."""
+        batch = self._batch()
+        self._session_ops(batch, info, number, add)
+        return batch.run()[-1 if add else 0]
 
     def _write(self, add: Iterable[tuple[SessionInfo, int | None]], remove: Iterable[SessionInfo]) -> list[Any]:
         """Several writes in one MULTI (a session that moved: its old entries go with the new ones)."""
-        pipe = self._client.pipeline(transaction=True)
+        batch = self._batch()
         for info in remove:
-            self._write_script(keys=self._keys(info), args=self._args(info, None, add=False), client=pipe)
+            self._session_ops(batch, info, None, add=False)
         for info, number in add:
-            self._write_script(keys=self._keys(info), args=self._args(info, number), client=pipe)
-        return list(pipe.execute())
+            self._session_ops(batch, info, number)
+        return batch.run()
+
+    def _batch(self, *, ordered: bool = True) -> _Batch:
+        return _Batch(self._client, cluster=self.cluster, ordered=ordered)
+
+    # ------------------------------------------------------------------ Redis Cluster: the directory
+
+    def _lookup_live(self, key: str, *, first: bool) -> list[Any]:
+        """(field, value, deadline) triples of a hash's entries on live nodes (just the first with ``first``).
+
+        One Redis: one EVALSHA of the lookup script.  Redis Cluster: the hash lives in its
+        owner's slot and the leases in another, so the hash is read (one ``HGETALL``) and its
+        nodes checked against the directory as `_alive` last read it.
+        """
+        if not self.cluster:
+            keys = [key, self._leases_key]
+            reply = self._run("lookup", lambda: self._lookup(keys=keys, args=["1" if first else "0"]))
+            return ([reply] if reply else []) if first else list(reply)
+        entries: list[tuple[Any, Any, str]] = []
+        for field, value in self._run("lookup", lambda: self._client.hgetall(key)).items():
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                continue  # not ours: it cannot belong to a live node we could route to
+            if isinstance(decoded, list) and decoded and isinstance(decoded[0], str):
+                entries.append((field, value, decoded[0]))
+        alive = self._alive({node for _, _, node in entries})
+        flat: list[Any] = []
+        for field, value, node in entries:
+            if node in alive:
+                flat += [field, value, repr(alive[node])]
+                if first:
+                    break
+        return flat
+
+    def _alive(self, nodes: set[str]) -> dict[str, float]:
+        """The deadlines of those of ``nodes`` that are alive, from the directory as last read.
+
+        Read again when it is older than `_DIRECTORY_MAX_AGE`, or when it cannot vouch for
+        one of ``nodes`` (unknown, or past the deadline it last saw): a node that just
+        started or just renewed is never missed, a node's death is seen at its deadline
+        exactly, and a lookup naming only live nodes costs no round trip to the directory's
+        shard (which would carry every lookup of the cluster otherwise).  The price: while
+        a dead node is not purged yet (up to ``ttl / 3`` after its deadline), lookups of its
+        identities read the directory each time.
+        """
+        if not nodes:
+            return {}
+        directory = self._directory
+        if directory is not None:
+            age = time.monotonic() - directory.read_at
+            found = directory.alive(nodes)
+            if age <= _DIRECTORY_MAX_AGE and len(found) == len(nodes):
+                return found
+        return self._read_directory().alive(nodes)
+
+    def _read_directory(self, limit: int = _DIRECTORY_LIMIT) -> _Directory:
+        started = time.monotonic()
+        now, flat = self._run("directory", lambda: self._directory_script(keys=[self._leases_key], args=[limit]))
+        deadlines = {_text(flat[i]): float(flat[i + 1]) for i in range(0, len(flat), 2)}
+        directory = _Directory(started, float(now), deadlines)
+        with self._lock:
+            self._directory = directory
+        return directory
+
+    def _saw_alive(self, node_id: str, deadline: float) -> None:
+        """This object renewed ``node_id``: its own lookups see the new deadline at once."""
+        with self._lock:
+            if self._directory is not None:
+                deadlines = {**self._directory.deadlines, node_id: deadline}
+                self._directory = self._directory._replace(deadlines=deadlines)
+
+    def _cluster_nodes(self, limit: int) -> list[Any]:
+        """`nodes` on a cluster, flattened as the single Redis script returns it."""
+        directory = self._read_directory(limit)
+        ids = sorted(directory.deadlines)
+
+        def read() -> list[Any]:
+            pipe = self._client.pipeline()
+            for node_id in ids:
+                pipe.scard(self._node_key(node_id))
+                pipe.get(self._stats_key(node_id))
+            return list(pipe.execute())
+
+        found = self._run("nodes", read) if ids else []
+        flat: list[Any] = []
+        for i, node_id in enumerate(ids):
+            flat += [node_id, f"{directory.deadlines[node_id] - directory.now:.3f}", found[2 * i], found[2 * i + 1]]
+        return flat
 
     def _run(self, what: str, op: Callable[[], _T]) -> _T:
         """Run ``op``; retry connection failures ``retries`` times quickly; else `BrokerUnavailable`.
@@ -1025,11 +1380,14 @@ class RedisPresence:
         )
 
 
-def _describe(client: redis.Redis) -> str:
+def _describe(client: redis.Redis | RedisCluster) -> str:
     """Where a caller's client points, for error messages: built from its pool, so never the password.
 
     A store made from a URL shows `redact_url` of it instead; a client passed in has no URL.
     """
+    if isinstance(client, RedisCluster):
+        nodes = client.get_nodes()  # type: ignore[no-untyped-call]
+        return f"{CLUSTER_SCHEME}://" + ",".join(node.name for node in nodes[:3]) + "/"
     kwargs: dict[str, Any] = getattr(client.connection_pool, "connection_kwargs", {})
     if "path" in kwargs:
         return f"unix:{kwargs['path']}"
