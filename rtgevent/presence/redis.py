@@ -77,8 +77,30 @@ with a TTL (one ``SET``); `nodes` reads the live leases, each node's set size an
 one script, and `online_identities` walks the node sets of live nodes with ``SSCAN``, so
 a node that died is out of both answers as soon as its lease ends, purged or not.
 
-The scripts name keys they compute (the identity hashes of a purged node), so this store
-needs a single Redis (or a primary with replicas), not Redis Cluster.  Redis >= 5.
+Redis Cluster (``redis+cluster://``, SPEC section 15): the same keys, each owner's under one
+hash tag, so that every script touches one slot and the keys spread over the shards::
+
+    {<ns>:ident:<esc(tenant)>:<identity>}         the identity hash ...
+    {<ns>:ident:<esc(tenant)>:<identity>}:seq     ... and its login counter
+    {<ns>:node:<node_id>}                         the node's session set ...
+    {<ns>:node:<node_id>}:chan                    ... its channel set ...
+    {<ns>:node:<node_id>}:lease                   ... its own lease (deadline, Redis clock) ...
+    {<ns>:node:<node_id>}:stats                   ... and its stats record
+    {<ns>:chan:<channel>}                         a channel's members ...
+    {<ns>:chan:<channel>}:count                   ... and its counts per node
+    {<ns>:leases}                                 the directory: node -> deadline, as above
+
+What one script did across those slots is done per slot, in an order that makes a crash in
+between harmless: a session's node-set entry is written before its identity entry and
+removed after it (an index entry without a session is removed by a purge without harm; the
+opposite, a session no purge can find, never happens); the same for a channel membership
+and the node's channel set.  A purge pops a chunk in the dead node's slot, checking its own
+lease there atomically, then removes each popped entry in its identity's or channel's slot
+(one pipeline, one round trip per shard), and takes the node out of the directory last,
+unless it renewed meanwhile.  `renew` is two calls (the node's lease, then the directory).
+Lookups read the owner's hash and check its nodes against the directory as this object
+last read it (`_alive`), so the directory's shard is not asked at every lookup.  Redis >= 7
+for a cluster, >= 5 otherwise.
 """
 
 from __future__ import annotations
