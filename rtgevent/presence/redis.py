@@ -641,8 +641,10 @@ class RedisPresence:
         self._purge_chunk = self._client.register_script(_PURGE_CHUNK_LUA)
         self._retire = self._client.register_script(_RETIRE_LUA)
         self._directory_script = self._client.register_script(_DIRECTORY_LUA)
-        #: Redis Cluster: the directory of live nodes as last read (see `_alive`)
+        #: Redis Cluster: the directory of live nodes as last read (see `_alive`), and the
+        #: cluster's configuration epoch at the last renewal (a failover raises it)
         self._directory: _Directory | None = None
+        self._epoch: int | None = None
         self._lock = threading.Lock()
         #: writes (register, unregister, channel joins and leaves) in flight, and whether a
         #: self-healing runs: healing waits for the writes in flight and holds new ones back,
@@ -869,17 +871,22 @@ class RedisPresence:
             _, stored, stored_joined = self._run("renew", lambda: self._lease(keys=lease_keys, args=[args[1]]))
             deadline, _, expired, _ = self._run("renew", lambda: self._renew(keys=[self._leases_key], args=args))
             self._saw_alive(node_id, float(deadline))
+            failed_over = self._failed_over(lease_keys[0])
         else:
             reply = self._run("renew", lambda: self._renew(keys=[self._leases_key, *node_keys], args=args))
             _deadline, stored, expired, stored_joined = reply
+            failed_over = False
         with self._lock:
             self._leased.add(node_id)
         drifted, joined_drifted = self._compare(node_id, stored, stored_joined)
-        if (drifted or joined_drifted) and self._begin_healing():
+        if (drifted or joined_drifted or failed_over) and self._begin_healing():
             try:
                 # the counts were read while writes were in flight (this object remembers a
-                # write before it reaches Redis): count again now that none is
-                drifted, joined_drifted = self._drifted(node_id)
+                # write before it reaches Redis): count again now that none is.  After a
+                # failover the counts prove nothing (the node's sets may sit on a shard
+                # that lost nothing while an identity's shard lost its last writes):
+                # everything is written again.
+                drifted, joined_drifted = (True, True) if failed_over else self._drifted(node_id)
                 if drifted:
                     self._heal(node_id)
                 if joined_drifted:
@@ -1365,6 +1372,20 @@ class RedisPresence:
         with self._lock:
             self._directory = directory
         return directory
+
+    def _failed_over(self, key: str) -> bool:
+        """Redis Cluster: whether the cluster's configuration epoch moved since the last renewal.
+
+        A promoted replica raises it (so does a resharding, harmlessly); one ``CLUSTER INFO``
+        per renewal, asked of the node that holds ``key``.  Replication is asynchronous:
+        the promoted replica may lack the old master's last writes, and only rewriting what
+        this object knows puts them back.
+        """
+        node = self._client.get_node_from_key(key)
+        info = self._run("renew", lambda: self._client.execute_command("CLUSTER INFO", target_nodes=node))
+        epoch = int(info.get("cluster_current_epoch", 0))
+        previous, self._epoch = self._epoch, epoch
+        return previous is not None and epoch != previous
 
     def _saw_alive(self, node_id: str, deadline: float) -> None:
         """This object renewed ``node_id``: its own lookups see the new deadline at once."""
