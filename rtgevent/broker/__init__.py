@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidOption
-from ..retry import redact_url
+from ..retry import CLUSTER_SCHEME, redact_url
 from .base import Broker, BrokerHandler, Subscription, check_namespace
 from .local import LocalBroker
 
@@ -25,7 +25,9 @@ def broker_from_url(url: str, **kwargs: Any) -> Broker:
     """Build the broker a URL names; ``kwargs`` go to its constructor.
 
     ``amqp://`` / ``amqps://`` → `KombuBroker` (RabbitMQ); ``redis://`` / ``rediss://`` →
-    `RedisBroker` (native pub/sub, about twice kombu's Redis transport); ``kombu+redis://`` →
+    `RedisBroker` (native pub/sub, about twice kombu's Redis transport);
+    ``redis+cluster://host1:port1,host2:port2/`` → `RedisClusterBroker` (a Redis Cluster's
+    sharded pub/sub, SPEC section 15); ``kombu+redis://`` →
     `KombuBroker` over kombu's Redis transport; ``memory://`` → `LocalBroker` (one process).
     Anything else raises `InvalidOption` now rather than failing later at the first publish.
     """
@@ -46,5 +48,9 @@ def broker_from_url(url: str, **kwargs: Any) -> Broker:
         from .redis import RedisBroker
 
         return RedisBroker(url, **kwargs)
-    known = ", ".join(f"{s}://" for s in ("memory", *_REDIS_SCHEMES, *_KOMBU_SCHEMES))
+    if scheme == CLUSTER_SCHEME:
+        from .redis_cluster import RedisClusterBroker
+
+        return RedisClusterBroker(url, **kwargs)
+    known = ", ".join(f"{s}://" for s in ("memory", *_REDIS_SCHEMES, CLUSTER_SCHEME, *_KOMBU_SCHEMES))
     raise InvalidOption("broker_url", f"unknown scheme {scheme!r} in {redact_url(url)!r} (known: {known})")

@@ -27,10 +27,14 @@ reconnecting, and the caller had better know than believe it sent.
 
 Threads: `publish` from any thread.  `subscribe`, `Subscription.close` and `close` from the
 gevent hub's thread (the consumer is a greenlet).
+
+`RedisChannelBroker` is what this broker shares with `RedisClusterBroker` (sharded pub/sub
+on a Redis Cluster): the options, the channel names and the publish loop.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import sys
 import time
@@ -65,15 +69,116 @@ class _ConnectionDead(redis.ConnectionError):
     """The pub/sub connection stopped answering PING."""
 
 
-class RedisBroker(ConsumerBroker):
+class RedisChannelBroker(ConsumerBroker):
+    """What `RedisBroker` and `RedisClusterBroker` share: the options, the channel names, the publish loop.
+
+    A topic is the channel ``<namespace>.<topic>``; a publish is one command that returns
+    how many subscribers got the message (``PUBLISH``, ``SPUBLISH``), retried the same way
+    on either.  A subclass sends it (`_send`) and consumes.
+    """
+
+    _retryable: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+    #: what a publish attempt may fail with and still be worth another attempt
+    _publish_retry_on: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+    def __init__(
+        self,
+        url: str,
+        kind: str,
+        *,
+        namespace: str,
+        publish_retries: int,
+        publish_timeout: float,
+        socket_timeout: float,
+        connect_timeout: float | None,
+        health_check_interval: float,
+        poll_interval: float,
+        subscribe_timeout: float,
+    ) -> None:
+        connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
+        for name, value in (
+            ("publish_timeout", publish_timeout),
+            ("socket_timeout", socket_timeout),
+            ("connect_timeout", connect_timeout),
+            ("health_check_interval", health_check_interval),
+            ("poll_interval", poll_interval),
+            ("subscribe_timeout", subscribe_timeout),
+        ):
+            if not value > 0:
+                raise InvalidOption(name, f"must be > 0, got {value!r}")
+        if publish_retries < 0:
+            raise InvalidOption("publish_retries", "out of range")
+        self.namespace = check_namespace(namespace)
+        self._url = url
+        super().__init__(
+            f"rtgevent {kind} {redact_url(url)} [{namespace}]",
+            socket_timeout=socket_timeout,
+            subscribe_timeout=subscribe_timeout,
+        )
+        self._prefix = f"{namespace}."
+        self._instance = uuid.uuid4().hex[:12]
+        #: ``CLIENT SETNAME`` of the consumer's pub/sub connections, to find them in ``CLIENT LIST``.
+        self.consumer_name = f"{namespace}.consumer.{self._instance}"
+        self._connect_timeout = connect_timeout
+        self._publish_retries = publish_retries
+        self._publish_timeout = publish_timeout
+        self._health_check_interval = health_check_interval
+        self._poll_interval = poll_interval
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact_url(self._url)} namespace={self.namespace!r}>"
+
+    @property
+    def url(self) -> str:
+        """The Redis this broker talks to (`RedisHistory` publishes in its append script when it is its own)."""
+        return self._url
+
+    def redis_channel(self, topic: str) -> str:
+        """The Redis channel of ``topic``."""
+        return self._prefix + topic
+
+    def _topic_of(self, channel: bytes | str) -> str:
+        name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
+        return sys.intern(name.removeprefix(self._prefix))  # the string the handler table holds
+
+    # ------------------------------------------------------------------ publishing
+
+    @abc.abstractmethod
+    def _send(self, channel: str, payload: bytes) -> int:
+        """Publish once; how many subscribers the server handed the message to."""
+
+    def publish(self, topic: str, payload: bytes, *, expect_receiver: bool = True) -> None:
+        """Publish ``payload`` on the topic's channel; `BrokerUnavailable` after bounded retries."""
+        self._check_publishable(payload)
+        channel = self.redis_channel(topic)
+        deadline = Deadline(self._publish_timeout)
+        attempts = 0
+        last: BaseException | None = None
+        while attempts <= self._publish_retries and not deadline.expired():
+            attempts += 1
+            try:
+                receivers = self._send(channel, bytes(payload))
+                self._nudge()  # Redis answers: a consumer that is down should not wait
+                if receivers or not expect_receiver:
+                    return
+                # Redis counts the receivers: none means the topic's node is gone or
+                # reconnecting.  Retried (it may be resubscribing now), then raised:
+                # silently losing what the caller believes it sent helps nobody.
+                last = _NoSubscriber(f"nobody subscribes to {channel!r}")
+            except self._publish_retry_on as exc:
+                last = exc
+            if not pause_before_retry(attempts, deadline):
+                break
+        raise self._publish_failed(f"publish to {topic!r}", attempts, last)
+
+
+class RedisBroker(RedisChannelBroker):
     """A `Broker` over Redis pub/sub: channel ``<namespace>.<topic>`` per topic.
 
     ``socket_timeout`` bounds every socket operation (a publish to a Redis that stopped
     answering fails instead of hanging); ``health_check_interval`` is how long the
     consumer's connection may stay silent before it is PINGed.
     """
-
-    _retryable = (redis.RedisError, OSError)
 
     def __init__(
         self,
@@ -92,37 +197,27 @@ class RedisBroker(ConsumerBroker):
         scheme = url.partition("://")[0].lower() if isinstance(url, str) else ""
         if scheme not in ("redis", "rediss", "unix"):
             raise InvalidOption("broker_url", f"RedisBroker needs redis:// or rediss://, got {redact_url(str(url))!r}")
-        connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
-        for name, value in (
-            ("publish_timeout", publish_timeout),
-            ("socket_timeout", socket_timeout),
-            ("connect_timeout", connect_timeout),
-            ("health_check_interval", health_check_interval),
-            ("poll_interval", poll_interval),
-            ("subscribe_timeout", subscribe_timeout),
-        ):
-            if not value > 0:
-                raise InvalidOption(name, f"must be > 0, got {value!r}")
-        if publish_retries < 0 or pool_size < 1:
-            raise InvalidOption("publish_retries/pool_size", "out of range")
-        self.namespace = check_namespace(namespace)
-        self._url = url
+        if pool_size < 1:
+            raise InvalidOption("pool_size", "out of range")
         super().__init__(
-            f"rtgevent redis broker {redact_url(url)} [{namespace}]",
+            url,
+            "redis broker",
+            namespace=namespace,
+            publish_retries=publish_retries,
+            publish_timeout=publish_timeout,
             socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            health_check_interval=health_check_interval,
+            poll_interval=poll_interval,
             subscribe_timeout=subscribe_timeout,
         )
-        self._prefix = f"{namespace}."
-        instance = uuid.uuid4().hex[:12]
-        #: ``CLIENT SETNAME`` of the consumer's pub/sub connection, to find it in ``CLIENT LIST``.
-        self.consumer_name = f"{namespace}.consumer.{instance}"
         # health checks off: the consumer PINGs its pub/sub connection itself, and a publish
         # on a dead pooled connection fails within socket_timeout and is retried
         self._client = redis_client(
             url,
             socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
-            client_name=f"{namespace}.publisher.{instance}",
+            connect_timeout=self._connect_timeout,
+            client_name=f"{namespace}.publisher.{self._instance}",
             max_connections=pool_size,
             pool_timeout=publish_timeout,
             field="broker_url",
@@ -130,55 +225,16 @@ class RedisBroker(ConsumerBroker):
         self._sub_client = redis_client(
             url,
             socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
+            connect_timeout=self._connect_timeout,
             client_name=self.consumer_name,
             field="broker_url",
         )
-        self._publish_retries = publish_retries
-        self._publish_timeout = publish_timeout
-        self._health_check_interval = health_check_interval
-        self._poll_interval = poll_interval
         #: the consumer's watcher of its pub/sub socket, and whether it waits on it now
         self._watcher: Any = None
         self._waiting = False
 
-    def __repr__(self) -> str:
-        return f"<RedisBroker {redact_url(self._url)} namespace={self.namespace!r}>"
-
-    @property
-    def url(self) -> str:
-        """The Redis this broker talks to (`RedisHistory` publishes in its append script when it is its own)."""
-        return self._url
-
-    def redis_channel(self, topic: str) -> str:
-        """The Redis channel of ``topic``."""
-        return self._prefix + topic
-
-    # ------------------------------------------------------------------ publishing
-
-    def publish(self, topic: str, payload: bytes, *, expect_receiver: bool = True) -> None:
-        """PUBLISH ``payload`` on the topic's channel; `BrokerUnavailable` after bounded retries."""
-        self._check_publishable(payload)
-        channel = self.redis_channel(topic)
-        deadline = Deadline(self._publish_timeout)
-        attempts = 0
-        last: BaseException | None = None
-        while attempts <= self._publish_retries and not deadline.expired():
-            attempts += 1
-            try:
-                receivers = self._client.publish(channel, bytes(payload))
-                self._nudge()  # Redis answers: a consumer that is down should not wait
-                if receivers or not expect_receiver:
-                    return
-                # Redis counts the receivers: none means the topic's node is gone or
-                # reconnecting.  Retried (it may be resubscribing now), then raised:
-                # silently losing what the caller believes it sent helps nobody.
-                last = _NoSubscriber(f"nobody subscribes to {channel!r}")
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                last = exc
-            if not pause_before_retry(attempts, deadline):
-                break
-        raise self._publish_failed(f"publish to {topic!r}", attempts, last)
+    def _send(self, channel: str, payload: bytes) -> int:
+        return self._client.publish(channel, payload)
 
     # ------------------------------------------------------------------ the consumer greenlet
 
@@ -312,10 +368,6 @@ class RedisBroker(ConsumerBroker):
             with self._lock:  # before sending: a subscribe() meanwhile must wait for the re-SUBSCRIBE
                 self._bound.difference_update(gone)
             pubsub.execute_command("UNSUBSCRIBE", *(self.redis_channel(topic) for topic in gone))
-
-    def _topic_of(self, channel: bytes | str) -> str:
-        name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
-        return sys.intern(name.removeprefix(self._prefix))  # the string the handler table holds
 
     # ------------------------------------------------------------------ closing
 
