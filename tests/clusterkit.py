@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ import pytest
 import redis
 import websocket
 
+from rtgevent.retry import CLUSTER_SCHEME, redis_cluster_client
 from tests.procs import ServeProcess
 from tests.services import AMQP_URL, REDIS_URL, LiveServices
 from tests.waiting import WAIT
@@ -19,11 +21,43 @@ from tests.waiting import WAIT
 REDIS = REDIS_URL
 AMQP = AMQP_URL
 BROKERS = {"redis": REDIS, "kombu-amqp": AMQP, "kombu-redis": "kombu+" + REDIS}
+#: the kind of a test run on the shared Redis Cluster (`tests.rediscluster`): broker, presence
+#: and history all on it (SPEC section 15)
+ON_CLUSTER = "redis-cluster"
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """Where one parametrized run's nodes keep their state: the broker, presence and history URLs."""
+
+    kind: str
+    broker: str
+    presence: str
+    history: str
+
+    @property
+    def cluster(self) -> bool:
+        return self.kind == ON_CLUSTER
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The URLs of the test's ``kind`` parameter: a broker of `BROKERS` with the shared Redis for
+    presence and history, or ``redis-cluster``, everything on the shared Redis Cluster."""
+    kind = str(request.node.callspec.params["kind"])
+    if kind == ON_CLUSTER:
+        url = str(request.getfixturevalue("redis_cluster").url)
+        return Backend(kind, url, url, url)
+    return Backend(kind, BROKERS[kind], REDIS, REDIS)
 
 
 def _cleanup(namespace: str, redis_url: str = REDIS, amqp_url: str | None = AMQP) -> None:
     with contextlib.suppress(Exception):
-        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        client: Any = (
+            redis_cluster_client(redis_url, socket_timeout=5)
+            if redis_url.startswith(CLUSTER_SCHEME)
+            else redis.Redis.from_url(redis_url, socket_timeout=5)
+        )
         # our keys, and kombu's Redis-transport bindings (``_kombu.binding.<namespace>...``)
         keys = list(client.scan_iter(match=f"*{namespace}*", count=1000))
         if keys:
@@ -66,7 +100,7 @@ def cluster(live: LiveServices) -> Iterator[Callable[..., list[ServeProcess]]]:
     for node in nodes:
         node.stop()
     for ns, presence in namespaces:
-        _cleanup(ns, presence if presence.startswith("redis") else REDIS)
+        _cleanup(ns, presence if presence.startswith("redis") else REDIS)  # redis:// or redis+cluster://
 
 
 class Client:

@@ -215,7 +215,7 @@ def serve_realtime() -> Iterator[Callable[[Any], Server]]:
 
 
 from tests.browserkit import browser  # noqa: E402, F401  (headless Chromium, for the browser tests)
-from tests.clusterkit import cluster  # noqa: E402, F401  (the many-node fixture, shared by several modules)
+from tests.clusterkit import backend, cluster  # noqa: E402, F401  (the many-node fixtures, shared by several modules)
 from tests.rediscluster import redis_cluster  # noqa: E402, F401  (a real Redis Cluster, started once per run)
 
 

@@ -5,11 +5,17 @@
 --cluster create ... --cluster-replicas 1``, waits until every node reports
 ``cluster_state:ok``, and stops every process it started, by PID, at the end of the run.
 Skipped where ``redis-server`` or ``redis-cli`` is missing.
+
+A test that breaks a cluster (kills a master, moves a slot) starts a private one with
+`start_cluster` instead -- a short ``node_timeout`` makes its failovers quick -- so that
+the shared cluster is never disturbed; `RedisCluster` tells which master owns a slot, when
+a replica took over, and kills one node by its PID.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import shutil
 import signal
@@ -19,6 +25,8 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+import redis
+from redis.crc import key_slot
 
 from tests.waiting import WAIT, wait_until
 
@@ -42,6 +50,51 @@ class RedisCluster:
             ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=WAIT
         )
         return done.stdout
+
+    def client(self, port: int) -> redis.Redis:
+        """A plain client of one node (close it after use)."""
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=WAIT)
+
+    def nodes(self, port: int) -> list[dict[str, str]]:
+        """``CLUSTER NODES`` as node ``port`` sees it: id, port, role (master/slave), failed, master id, slots."""
+        with self.client(port) as client:
+            text = client.execute_command("CLUSTER", "NODES")
+        listing = text.decode() if isinstance(text, bytes) else str(text)
+        nodes = []
+        for line in listing.splitlines():
+            fields = line.split()
+            flags = fields[2].split(",")
+            nodes.append(
+                {
+                    "id": fields[0],
+                    "port": fields[1].split("@")[0].rsplit(":", 1)[1],
+                    "role": "master" if "master" in flags else "slave",
+                    "failed": "yes" if "fail" in flags else "",
+                    "master": fields[3],
+                    "slots": " ".join(fields[8:]),
+                }
+            )
+        return nodes
+
+    def owner(self, slot: int, via: int) -> int:
+        """The port of the master that owns ``slot``, as node ``via`` sees it (``CLUSTER SLOTS``)."""
+        with self.client(via) as client:
+            shards = client.execute_command("CLUSTER", "SLOTS")
+        for start, end, master, *_ in shards:
+            if int(start) <= slot <= int(end):
+                return int(master[1])
+        raise AssertionError(f"slot {slot} is not covered, as node :{via} sees it")
+
+    def keyslot(self, key: str) -> int:
+        """The slot of ``key`` (or of a shard channel's name), computed here as every node does:
+        asking a node would fail once that node is killed."""
+        return int(key_slot(key.encode()))
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port`` (by its PID) and reap it: a master that dies, no goodbye."""
+        proc = self.procs[self.ports.index(port)]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=WAIT)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -78,7 +131,14 @@ def _free(port: int) -> bool:
     return True
 
 
-def start_cluster() -> RedisCluster:
+def start_cluster(node_timeout: int = 2000, *, replicated: bool = False) -> RedisCluster:
+    """Six nodes, three masters with a replica each; ``node_timeout`` (ms) is how long a
+    master may be silent before its replica takes over.
+
+    ``replicated``: return only once every replica has synced with its master (a replica
+    that never did refuses to take over), with no wait before a sync (Redis otherwise
+    waits 5 s for more replicas to share it).
+    """
     folder = tempfile.mkdtemp(prefix="rtg-cluster-")
     ports = _cluster_ports(2 * MASTERS)
     procs: list[subprocess.Popen[bytes]] = []
@@ -91,7 +151,8 @@ def start_cluster() -> RedisCluster:
                         "redis-server",
                         *("--port", str(port), "--bind", "127.0.0.1", "--dir", folder),
                         *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
-                        *("--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"),
+                        *("--cluster-node-timeout", str(node_timeout), "--save", "", "--appendonly", "no"),
+                        *(("--repl-diskless-sync-delay", "0") if replicated else ()),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -109,10 +170,20 @@ def start_cluster() -> RedisCluster:
         )
         for port in ports:
             wait_until(lambda port=port: "cluster_state:ok" in cluster.info(port), f"node :{port} to report ok")
+        if replicated:  # each node asked itself: another's view of the roles may lag behind
+            wait_until(
+                lambda: sum(_synced(cluster, port) for port in ports) == MASTERS,
+                "every replica to sync with its master",
+            )
     except BaseException:
         cluster.stop()
         raise
     return cluster
+
+
+def _synced(cluster: RedisCluster, port: int) -> bool:
+    with cluster.client(port) as client:
+        return client.info("replication").get("master_link_status") == "up"
 
 
 def _info(port: int) -> str:

@@ -42,6 +42,9 @@ def _answers(host: str, port: int) -> bool:
 
 
 def _address(url: str) -> tuple[str, int]:
+    if url.startswith("redis+cluster://"):  # a private cluster of this run: not a shared server
+        host, _, port = url.split("://", 1)[1].split(",", 1)[0].rstrip("/").rpartition(":")
+        return host, int(port)
     parts = urllib.parse.urlsplit(url)
     default = 5672 if parts.scheme.startswith("amqp") else 6379
     return parts.hostname or "127.0.0.1", parts.port or default

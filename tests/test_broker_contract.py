@@ -1,6 +1,7 @@
 """The Broker contract, run against every implementation and a real server for each.
 
-LocalBroker (in-process), RedisBroker (Redis native pub/sub), KombuBroker on RabbitMQ and
+LocalBroker (in-process), RedisBroker (Redis native pub/sub), RedisClusterBroker (a real
+Redis Cluster's sharded pub/sub, the session's `redis_cluster`), KombuBroker on RabbitMQ and
 KombuBroker on kombu's Redis transport.  Each test gets its own namespace, so tests never
 see each other's traffic, and removes whatever it declared on the servers.  A "node" is a
 broker instance, as in production (one per process); the in-process broker is shared by
@@ -31,20 +32,24 @@ from kombu import Connection
 from rtgevent.broker import Broker, LocalBroker, broker_from_url
 from rtgevent.broker.kombu import DEFAULT_BROADCAST_TOPIC, KombuBroker
 from rtgevent.broker.redis import RedisBroker
+from rtgevent.broker.redis_cluster import RedisClusterBroker
 from rtgevent.errors import BrokerUnavailable, InvalidOption
 from rtgevent.payload import BROADCAST_TOPIC, node_topic
+from rtgevent.retry import redis_cluster_client
 from tests.conftest import ROOT
 from tests.services import AMQP_URL, REDIS_URL, LiveServices
 from tests.waiting import WAIT
 
 KOMBU_REDIS_URL = "kombu+" + REDIS_URL
+#: each kind's server; the cluster's is known once the `redis_cluster` fixture started it (see `_require`)
 URLS = {"redis": REDIS_URL, "kombu-amqp": AMQP_URL, "kombu-redis": KOMBU_REDIS_URL}
 UNREACHABLE = {
     "redis": "redis://127.0.0.1:1/0",
+    "redis-cluster": "redis+cluster://127.0.0.1:1/",
     "kombu-amqp": "amqp://guest:guest@127.0.0.1:1//",
     "kombu-redis": "kombu+redis://127.0.0.1:1/0",
 }
-REAL = ["redis", "kombu-amqp", "kombu-redis"]
+REAL = ["redis", "redis-cluster", "kombu-amqp", "kombu-redis"]
 ALL = ["local", *REAL]
 TEXT = 'héllo wörld ✓ 日本語 🎉 "quoted" \\ \u2028'
 
@@ -53,6 +58,8 @@ def make_broker(kind: str, namespace: str, url: str | None = None, **kwargs: Any
     url = url or URLS[kind]
     if kind == "redis":
         return RedisBroker(url, namespace=namespace, **kwargs)
+    if kind == "redis-cluster":
+        return RedisClusterBroker(url, namespace=namespace, **kwargs)
     return KombuBroker(url, namespace=namespace, **kwargs)
 
 
@@ -121,17 +128,37 @@ def namespace() -> str:
     return f"rtgtest-{uuid.uuid4().hex[:12]}"
 
 
+def _require(request: pytest.FixtureRequest, live: LiveServices, kind: str) -> str:
+    """Skip unless ``kind``'s server is there; the Redis Cluster is started (once per run) on first use."""
+    if kind == "redis-cluster":
+        URLS[kind] = request.getfixturevalue("redis_cluster").url
+    else:
+        live.require(URLS.get(kind))
+    return kind
+
+
 @pytest.fixture(params=ALL)
 def kind(request: pytest.FixtureRequest, live: LiveServices) -> str:
     """Each implementation in turn; a real server's kind is skipped where its server is down."""
-    live.require(URLS.get(request.param))
-    return str(request.param)
+    return _require(request, live, str(request.param))
 
 
 @pytest.fixture(params=REAL)
 def real_kind(request: pytest.FixtureRequest, live: LiveServices) -> str:
-    live.require(URLS[request.param])
-    return str(request.param)
+    return _require(request, live, str(request.param))
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_kind(request: pytest.FixtureRequest, live: LiveServices) -> str:
+    """The two native Redis brokers, for what only they do."""
+    return _require(request, live, str(request.param))
+
+
+def shard_client(channel: str) -> redis.Redis:
+    """A plain client of the cluster master that owns ``channel``'s slot (where its subscribers are)."""
+    with redis_cluster_client(URLS["redis-cluster"], socket_timeout=5) as cluster:
+        node = cluster.get_node_from_key(channel)
+        return redis.Redis(host=node.host, port=node.port, socket_timeout=5)
 
 
 @pytest.fixture
@@ -256,15 +283,27 @@ def test_subscription_close_stops_delivery(node: Callable[..., Broker]) -> None:
     assert again.wait_for(1) == [payload(4)]
 
 
-def test_redis_subscriptions_do_not_wait_out_the_poll(namespace: str, brokers: list[Broker]) -> None:
+def subscriber_counts(kind: str, channels: list[str]) -> list[int]:
+    """How many subscribers each Redis channel has (on the cluster: on its slot's master, sharded)."""
+    if kind == "redis":
+        with redis.Redis.from_url(REDIS_URL) as client:
+            return [count for _, count in client.pubsub_numsub(*channels)]
+    counts = []
+    for channel in channels:
+        with shard_client(channel) as client:
+            counts.append(int(client.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1]))
+    return counts
+
+
+def test_redis_subscriptions_do_not_wait_out_the_poll(redis_kind: str, namespace: str, brokers: list[Broker]) -> None:
     """A new subscription (or its end) reaches Redis at once, not after the consumer's poll.
 
     The poll is 60 s here: a consumer that noticed a new topic only when its wait for
     messages ended would make each subscribe below wait a minute (and log that it did).
+    On the cluster the five channels spread over the shards: the wait on all of them is cut short.
     """
-    broker = make_broker("redis", namespace, poll_interval=60.0, health_check_interval=120.0, subscribe_timeout=60.0)
+    broker = make_broker(redis_kind, namespace, poll_interval=60.0, health_check_interval=120.0, subscribe_timeout=60.0)
     brokers.append(broker)
-    client = redis.Redis.from_url(REDIS_URL)
     inbox, subscriptions = Inbox(), []
     with gevent.Timeout(WAIT, AssertionError("subscribing waited for the consumer's poll")):
         for n in range(5):
@@ -274,9 +313,8 @@ def test_redis_subscriptions_do_not_wait_out_the_poll(namespace: str, brokers: l
         for subscription in subscriptions:
             subscription.close()
         channels = [f"{namespace}.{node_topic(f'quick{n}')}" for n in range(5)]
-        while any(count for _, count in client.pubsub_numsub(*channels)):
+        while any(subscriber_counts(redis_kind, channels)):
             gevent.sleep(0.01)  # polling Redis, bounded by the timeout above
-    client.close()
 
 
 def test_close_is_idempotent(node: Callable[..., Broker]) -> None:
@@ -310,6 +348,8 @@ def test_broadcast_topic_constant_matches_delivery() -> None:
         ("amqps://guest:guest@127.0.0.1:5671//", KombuBroker),
         ("kombu+redis://127.0.0.1:6379/0", KombuBroker),
         ("REDIS://127.0.0.1:6379/0", RedisBroker),
+        ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/", RedisClusterBroker),
+        ("REDIS+CLUSTER://[::1]:7000/", RedisClusterBroker),
     ],
 )
 def test_broker_from_url_picks_the_implementation(url: str, cls: type) -> None:
@@ -331,6 +371,9 @@ def test_broker_from_url_picks_the_implementation(url: str, cls: type) -> None:
         "kafka://x:9092",
         "redis:/no-slashes",
         "kombu+sqs://x",
+        "redis+cluster://127.0.0.1/",
+        "redis+cluster://127.0.0.1:7000,nohost/",
+        "redis+cluster://u:secret@127.0.0.1:7000/",
     ],
 )
 def test_broker_from_url_rejects_unknown_schemes(url: str) -> None:
@@ -451,6 +494,18 @@ def kill_consumer_connection(kind: str, broker: Broker) -> None:
             [ctl, "-q", "close_connection", pids[0], "contract test"], check=True, timeout=60, capture_output=True
         )
         return
+    if kind == "redis-cluster":
+        # one pub/sub connection per master that owns a subscribed channel: all of them go
+        # at once, and the broker drops, reconnects and resubscribes them as one
+        with redis_cluster_client(URLS[kind], socket_timeout=5) as cluster:
+            masters = [(node.host, node.port) for node in cluster.get_primaries()]
+        killed = 0
+        for host, port in masters:
+            with redis.Redis(host=host, port=port, socket_timeout=5) as client:
+                victims = [c for c in client.client_list() if c.get("name") == name]
+                killed += sum(client.client_kill_filter(_id=victim["id"], _type="pubsub") for victim in victims)
+        assert killed >= 1, f"no Redis client named {name} on the masters"
+        return
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
     try:
         victims = [c for c in client.client_list() if c.get("name") == name]
@@ -542,6 +597,8 @@ class FreezingProxy:
                 sock.close()
 
 
+# not on the cluster: its nodes announce their own addresses (CLUSTER SLOTS) and the broker
+# connects to those, around any proxy; the test after this one silences a shard there instead
 @pytest.mark.parametrize("kind", ["redis", "kombu-amqp"])
 def test_silent_consumer_connection_is_detected(
     kind: str, namespace: str, brokers: list[Broker], caplog: pytest.LogCaptureFixture, live: LiveServices
@@ -579,6 +636,38 @@ def test_silent_consumer_connection_is_detected(
         proxy.close()
 
 
+def test_silent_cluster_shard_connection_is_detected(
+    redis_cluster: Any, namespace: str, brokers: list[Broker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shard's connection that goes silent is noticed (PING) and replaced, the others' with it.
+
+    ``CLIENT PAUSE ... ALL`` on the master of the topic's slot: its connections stay open and
+    answer nothing, PINGs included, while the cluster bus goes on (no failover); the pause
+    ends by itself, and the consumer is back once it can subscribe there again.
+    """
+    URLS["redis-cluster"] = redis_cluster.url
+    caplog.set_level(logging.INFO, logger="rtgevent.broker")
+    restored = _Restored(namespace)
+    logging.getLogger("rtgevent.broker").addHandler(restored)
+    try:
+        consumer = make_broker("redis-cluster", namespace, health_check_interval=0.5, socket_timeout=1.0)
+        publisher = make_broker("redis-cluster", namespace)
+        brokers += [consumer, publisher]
+        inbox = Inbox()
+        consumer.subscribe(node_topic("me"), inbox)
+        publisher.publish(node_topic("me"), payload(1))
+        inbox.wait_for(1)
+        with shard_client(f"{namespace}.{node_topic('me')}") as client:
+            client.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        assert restored.event.wait(WAIT), "the silent connection was not replaced"
+    finally:
+        logging.getLogger("rtgevent.broker").removeHandler(restored)
+    publisher.publish(node_topic("me"), payload(2))
+    assert inbox.wait_for(2)[-1] == payload(2)
+    mine = [r.getMessage() for r in caplog.records if r.name == "rtgevent.broker" and namespace in r.getMessage()]
+    assert any("no answer to PING" in line for line in mine), mine
+
+
 def test_close_removes_what_the_broker_declared(real_kind: str, namespace: str) -> None:
     """A closed broker leaves no queue, list or binding of its own behind."""
     broker = make_broker(real_kind, namespace)
@@ -592,6 +681,9 @@ def test_close_removes_what_the_broker_declared(real_kind: str, namespace: str) 
                 channel = conn.channel()
                 with pytest.raises(conn.channel_errors):
                     channel.queue_declare(queue=broker.queue_name, passive=True)
+        elif real_kind == "redis-cluster":
+            with redis_cluster_client(URLS[real_kind], socket_timeout=5) as cluster:
+                assert list(cluster.scan_iter(match=f"*{namespace}*")) == []  # every master
         else:
             client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
             try:

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from rtgevent import Emitter
-from tests.clusterkit import BROKERS, REDIS, Client
+from tests.clusterkit import ON_CLUSTER, REDIS, Backend, Client
 from tests.procs import ServeProcess
 from tests.services import RedisServer
 from tests.waiting import wait_until
@@ -50,13 +50,13 @@ def _answers(nodes: list[ServeProcess], emitter: Emitter, channel: str) -> list[
     return said
 
 
-@pytest.mark.parametrize("kind", ["redis", "kombu-amqp"])
-def test_members_agree_everywhere_and_join_leave_reach_the_others(cluster, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["redis", "kombu-amqp", ON_CLUSTER])
+def test_members_agree_everywhere_and_join_leave_reach_the_others(cluster, kind: str, backend: Backend) -> None:
     namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
-    a, b = cluster(2, broker=BROKERS[kind], namespace=namespace)
+    a, b = cluster(2, broker=backend.broker, presence=backend.presence, namespace=namespace)
     room = f"live:{uuid.uuid4().hex[:8]}"
     ann, bea, cid, bystander = Client(a, "ann"), Client(b, "bea"), Client(a, "cid"), Client(b, "dan")
-    with Emitter(BROKERS[kind], REDIS, namespace=namespace) as emitter:
+    with Emitter(backend.broker, backend.presence, namespace=namespace) as emitter:
         ann.subscribe(room)
         bea.subscribe(room)
         _expect_event(ann, "rt.join", room, bea)  # from another node

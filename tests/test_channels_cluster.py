@@ -18,7 +18,8 @@ import redis
 
 from rtgevent import Emitter
 from rtgevent.channels import channel_topic
-from tests.clusterkit import BROKERS, REDIS, Client
+from rtgevent.retry import redis_cluster_client
+from tests.clusterkit import BROKERS, ON_CLUSTER, REDIS, Backend, Client
 from tests.procs import ROOT, ServeProcess
 from tests.waiting import wait_until
 
@@ -41,11 +42,13 @@ def _channel_payloads(node: ServeProcess) -> int:
     return int(node.control("counts").get("channel", 0))
 
 
-@pytest.mark.parametrize("kind", list(CHANNEL_BROKERS))
-def test_channel_reaches_its_subscribers_once_in_order_and_only_their_nodes(cluster, kind: str) -> None:
-    broker_url = CHANNEL_BROKERS[kind]
+@pytest.mark.parametrize("kind", [*CHANNEL_BROKERS, ON_CLUSTER])
+def test_channel_reaches_its_subscribers_once_in_order_and_only_their_nodes(
+    cluster, kind: str, backend: Backend
+) -> None:
+    broker_url, presence_url = backend.broker, backend.presence
     namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
-    a, b, c = cluster(3, broker=broker_url, namespace=namespace)
+    a, b, c = cluster(3, broker=broker_url, presence=presence_url, namespace=namespace)
     room = f"room:{uuid.uuid4().hex[:8]}"
     on_a, on_b, bystander = Client(a, "ann"), Client(b, "bea"), Client(c, "cid")
     for client in (on_a, on_b):
@@ -55,12 +58,12 @@ def test_channel_reaches_its_subscribers_once_in_order_and_only_their_nodes(clus
     # from a node, from an Emitter in this process, and from an Emitter in a gevent-free process
     for n in range(20):
         a.control("publish", channel=room, data=f"a{n}")
-    with Emitter(broker_url, REDIS, namespace=namespace) as emitter:
+    with Emitter(broker_url, presence_url, namespace=namespace) as emitter:
         for n in range(20):
             emitter.publish(room, "pub", f"e{n}")
 
     # 8 native threads in a process without gevent
-    script = [sys.executable, "-m", "tests.emitter_script", broker_url, REDIS, namespace, "8", "10", f"#{room}"]
+    script = [sys.executable, "-m", "tests.emitter_script", broker_url, presence_url, namespace, "8", "10", f"#{room}"]
     done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "gevent-free: ok" in done.stdout, done.stderr
     expected = 20 + 20 + 80
@@ -93,6 +96,22 @@ def test_channel_reaches_its_subscribers_once_in_order_and_only_their_nodes(clus
         assert client.pubsub_numsub(topic) == [(topic.encode(), 2)]  # one SUBSCRIBE per node, not per session
         on_b.unsubscribe(room)
         wait_until(lambda: client.pubsub_numsub(topic) == [(topic.encode(), 1)], "node b to unsubscribe the channel")
+        client.close()
+    elif kind == ON_CLUSTER:
+        # sharded pub/sub: one SSUBSCRIBE per node, on the master that owns the channel's slot
+        shards = redis_cluster_client(broker_url, socket_timeout=5)
+        topic = f"{namespace}.{channel_topic(room)}"
+        owner = shards.get_node_from_key(topic)
+        shards.close()
+        client = redis.Redis(host=owner.host, port=owner.port, socket_timeout=5)
+
+        def shard_subscribers() -> int:
+            _name, count = client.execute_command("PUBSUB", "SHARDNUMSUB", topic)
+            return int(count)
+
+        assert shard_subscribers() == 2
+        on_b.unsubscribe(room)
+        wait_until(lambda: shard_subscribers() == 1, "node b to unsubscribe the channel")
         client.close()
     elif kind == "kombu-amqp" and shutil.which("rabbitmqctl"):
         exchange = f"{namespace}.direct"

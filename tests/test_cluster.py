@@ -14,7 +14,7 @@ import pytest
 import redis
 import websocket
 
-from tests.clusterkit import BROKERS, REDIS, Client
+from tests.clusterkit import BROKERS, ON_CLUSTER, REDIS, Backend, Client
 from tests.procs import ServeProcess
 from tests.services import RabbitServer, RedisServer
 from tests.waiting import WAIT, wait_until
@@ -24,10 +24,10 @@ def _counts(node: ServeProcess) -> dict[str, int]:
     return dict(node.control("counts"))
 
 
-@pytest.mark.parametrize("kind", list(BROKERS))
-def test_broadcast_once_and_identity_routed_to_its_nodes_only(cluster, kind: str) -> None:
+@pytest.mark.parametrize("kind", [*BROKERS, ON_CLUSTER])
+def test_broadcast_once_and_identity_routed_to_its_nodes_only(cluster, kind: str, backend: Backend) -> None:
     """Three nodes: broadcasts reach every client once; identity sends reach only nodes that hold it."""
-    a, b, c = cluster(3, broker=BROKERS[kind])
+    a, b, c = cluster(3, broker=backend.broker, presence=backend.presence)
     ann, alice_b, alice_c, bob = Client(a, "ann"), Client(b, "alice"), Client(c, "alice"), Client(c, "bob")
     everyone = [ann, alice_b, alice_c, bob]
     for node in (a, b, c):

@@ -26,7 +26,7 @@ from rtgevent import ChannelOptions, Emitter
 from rtgevent.history import RedisHistory
 from rtgevent.history.base import Stamp
 from rtgevent.streams import channel_stream
-from tests.clusterkit import BROKERS, REDIS, Client
+from tests.clusterkit import BROKERS, ON_CLUSTER, REDIS, Backend, Client
 from tests.procs import ServeProcess
 from tests.waiting import WAIT, wait_until
 
@@ -50,13 +50,15 @@ def offsets(messages: list[dict[str, Any]]) -> list[int]:
     return [int(m["metadata"]["offset"]) for m in messages]
 
 
-@pytest.mark.parametrize("kind", list(HISTORY_BROKERS))
-def test_offsets_have_no_gap_under_concurrent_publishers_on_two_nodes_and_an_emitter(cluster, kind: str) -> None:
+@pytest.mark.parametrize("kind", [*HISTORY_BROKERS, ON_CLUSTER])
+def test_offsets_have_no_gap_under_concurrent_publishers_on_two_nodes_and_an_emitter(
+    cluster, kind: str, backend: Backend
+) -> None:
     """Eight publishers (four per node) and an Emitter at once: every subscriber, on either
     node, gets offsets 1..N exactly once, in order, and each publisher's messages in its order."""
-    broker_url = HISTORY_BROKERS[kind]
+    broker_url, store = backend.broker, backend.history
     namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
-    a, b = cluster(2, broker=broker_url, namespace=namespace, history=REDIS)
+    a, b = cluster(2, broker=broker_url, presence=backend.presence, namespace=namespace, history=store)
     channel = f"hist:{uuid.uuid4().hex[:8]}"
     on_a, on_b = Client(a, "ann"), Client(b, "bea")
     for client in (on_a, on_b):
@@ -69,7 +71,7 @@ def test_offsets_have_no_gap_under_concurrent_publishers_on_two_nodes_and_an_emi
             node.control("publish", channel=channel, data=f"{name}.{n}")
 
     def emitter_publisher() -> None:
-        with Emitter(broker_url, REDIS, namespace=namespace, history_url=REDIS) as emitter:
+        with Emitter(broker_url, backend.presence, namespace=namespace, history_url=store) as emitter:
             emitter.channel_namespace("hist:", ChannelOptions(history_size=2000, history_ttl=300))
             for n in range(each):
                 emitter.publish(channel, "pub", f"emitter.{n}")
@@ -141,11 +143,21 @@ class PersonalClient(Client):
             self.before.append(msg)
 
 
-def test_a_client_that_moves_to_another_node_gets_what_it_missed_once_in_order(cluster) -> None:
+@pytest.mark.parametrize("kind", ["redis", ON_CLUSTER])
+def test_a_client_that_moves_to_another_node_gets_what_it_missed_once_in_order(
+    cluster, kind: str, backend: Backend
+) -> None:
     """Channel and personal stream: the client leaves node A, publications and sends go on, it
     comes back on node B with its positions and gets exactly what it missed, then live ones."""
     namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
-    a, b = cluster(2, broker=BROKERS["redis"], namespace=namespace, history=REDIS, identity_history=500)
+    a, b = cluster(
+        2,
+        broker=backend.broker,
+        presence=backend.presence,
+        namespace=namespace,
+        history=backend.history,
+        identity_history=500,
+    )
     channel = f"hist:{uuid.uuid4().hex[:8]}"
     first = PersonalClient(a, "ann")
     assert (first.before, first.personal["recovered"]) == ([], False)
@@ -160,10 +172,10 @@ def test_a_client_that_moves_to_another_node_gets_what_it_missed_once_in_order(c
     wait_until(lambda: a.control("node")["sessions"] == 0, what="node A to see the session end")
 
     with Emitter(
-        BROKERS["redis"],
-        REDIS,
+        backend.broker,
+        backend.presence,
         namespace=namespace,
-        history_url=REDIS,
+        history_url=backend.history,
         identity_history_size=500,
         identity_history_ttl=300,
     ) as emitter:
