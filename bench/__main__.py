@@ -1,5 +1,5 @@
 """``python -m bench [idle] [echo] [fanout] [slow] [cluster] [emitter] [channels] [churn] [history] [scale]
-[--quick] [--runs N] [--connections N] [--json PATH]``: the table.
+[shards] [--quick] [--runs N] [--connections N] [--json PATH]``: the table.
 
 For every measurement a fresh server process (``taskset -c 0``) and a fresh load generator
 (``taskset -c 1``) are started, driven phase by phase over the load generator's stdin and
@@ -11,7 +11,8 @@ rtgevent alone, once per broker; ``channels`` (against Flask-SocketIO's rooms ov
 queue) and ``churn`` (rtgevent alone, per broker) live in `bench.channels`; ``history`` (publishing with
 and without history, a reconnect storm that recovers, against Flask-SocketIO's) in `bench.history`;
 ``scale`` (tens of thousands of idle connections on one node, then a broadcast; rtgevent alone) in
-`bench.scale`.
+`bench.scale`; ``shards`` (a Redis Cluster against one Redis: cross-node sends, channels, each Redis
+server's CPU) in `bench.shards`, whose runs come after the other scenarios' (one cluster for all of them).
 """
 
 from __future__ import annotations
@@ -38,12 +39,25 @@ from bench import fanout as fo
 from bench import history as hi
 from bench import nodejs
 from bench import scale as sc
+from bench import shards as sh
 from bench.common import LOADGEN_CPU, ROOT, SERVER_CPU, BenchError, Measurement, fmt, median, wait_connections
 from bench.proc import raise_nofile
 
-SCENARIOS = ("idle", "echo", "fanout", "slow", "cluster", "emitter", "channels", "churn", "history", "scale")
+SCENARIOS = (
+    "idle",
+    "echo",
+    "fanout",
+    "slow",
+    "cluster",
+    "emitter",
+    "channels",
+    "churn",
+    "history",
+    "scale",
+    "shards",
+)
 #: what runs when no scenario is named (cluster, emitter, channels and churn need Redis and RabbitMQ, history
-#: Redis; scale takes minutes per run and a quiet machine)
+#: Redis; scale takes minutes per run and a quiet machine; shards starts a Redis Cluster)
 DEFAULT_SCENARIOS = ("idle", "echo", "fanout", "slow")
 LABELS = {"rtgevent-bare": "rtgevent bare", "rtgevent-full": "rtgevent full", "socketio": "Flask-SocketIO"}
 IDLE_LABELS = {"rtgevent-full": "rtgevent", "reference": "reference", "socketio": "Flask-SocketIO"}
@@ -358,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         metavar="scenario",
         help=f"any of {', '.join(SCENARIOS)} (default: {' '.join(DEFAULT_SCENARIOS)}; cluster, emitter, "
-        f"channels, churn and history need Redis on 127.0.0.1:6379, all but history RabbitMQ on 127.0.0.1:5672)",
+        f"channels, churn, history and shards need Redis on 127.0.0.1:6379, cluster, emitter, channels and churn "
+        f"RabbitMQ on 127.0.0.1:5672; shards starts a Redis Cluster with redis-server and redis-cli)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer connections and messages")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (median shown)")
@@ -397,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     chplan = ch.CHANNELS_QUICK if args.quick else ch.CHANNELS_FULL
     chuplan = ch.CHURN_QUICK if args.quick else ch.CHURN_FULL
     hiplan = hi.HISTORY_QUICK if args.quick else hi.HISTORY_FULL
+    shplan = sh.SHARDS_QUICK if args.quick else sh.SHARDS_FULL
     scplan = sc.SCALE_QUICK if args.quick else sc.SCALE_FULL
     scplan = dataclasses.replace(
         scplan,
@@ -421,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     rooms: dict[str, list[dict[str, Any]]] = {"channels": [], "churn": []}
     history: list[dict[str, Any]] = []
     scaled: list[dict[str, Any]] = []
+    shards: list[dict[str, Any]] = []
     failures: list[str] = []
     started = time.monotonic()
 
@@ -527,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["run"] = run
                 scaled.append(r)
                 progress(f"run {run} {sc.progress_line(r)}")
+    if "shards" in scenarios:
+        shards = sh.run_all(args.runs, shplan, progress, failures)
 
     after = source_state()
     if after != source:
@@ -542,7 +561,9 @@ def main(argv: list[str] | None = None) -> int:
         conds.append(hi.conditions(hiplan))
     if scaled:
         conds.append(sc.conditions(scplan, scaled))
-    if (rooms["channels"] or rooms["churn"] or history) and not (multi["cluster"] or multi["emitter"]):
+    if shards:
+        conds.append(sh.conditions(shplan, shards))
+    if (rooms["channels"] or rooms["churn"] or history or shards) and not (multi["cluster"] or multi["emitter"]):
         conds.append(cl.service_versions())
     out: list[str] = ["", *(f"- {line}" for line in conds), ""]
     if idle:
@@ -588,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         out += hi.report(history, hiplan)
     if scaled:
         out += [sc.heading(scplan, scaled), "", *sc.table(scaled), "", *sc.targets(scaled), ""]
-    multi_any = bool(multi["cluster"] or multi["emitter"] or rooms["channels"] or rooms["churn"] or history)
+    out += sh.report(shards, shplan)
+    multi_any = bool(multi["cluster"] or multi["emitter"] or rooms["channels"] or rooms["churn"] or history or shards)
     everything = [
         *idle,
         *echo,
@@ -599,12 +621,13 @@ def main(argv: list[str] | None = None) -> int:
         *rooms["channels"],
         *rooms["churn"],
         *history,
+        *shards,
     ]
     if everything:
         other = [r["other_cpus"] for r in everything]
         steal = [r["steal_cpus"] for r in everything]
         services = (
-            "; cluster, emitter, channels, churn and history: not counting the Redis and RabbitMQ servers"
+            "; cluster, emitter, channels, churn, history and shards: not counting the Redis and RabbitMQ servers"
             if multi_any
             else ""
         )
@@ -624,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             hiplan,
         )
         + sc.anomalies(scaled)
+        + sh.anomalies(shards)
         + failures
     )
     out += ["Checks: " + ("none failed" if not notes else f"{len(notes)} problem(s)"), *(f"- {n}" for n in notes)]
@@ -641,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
                     **rooms,
                     "history": history,
                     "scale": scaled,
+                    "shards": shards,
                     "failures": failures,
                 },
                 indent=1,

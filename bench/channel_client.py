@@ -19,7 +19,13 @@ started by ``GET /_bench/publish`` on the first port (the publishing node): a wa
 ``--warmup`` publications first (not measured), then the measured ``--count``.
 
 Then, on ``paced``, a second phase of ``--paced`` publications due ``1 / --paced-rate`` s apart,
-for latency without a backlog.  Driver link as in `bench.loadgen`::
+for latency without a backlog.
+
+With ``--channels K`` (K > 1) client i subscribes to channel ``<--channel><i mod K>`` instead,
+the publishing node goes round the K channels (`bench.channel_node.channel_names`), and each
+client gets every K-th publication: the counts (``--count``, ``--warmup``, ``--paced``) must
+be multiples of K.  ``--publisher`` is the publishing node's port when it is not the first of
+``--ports`` (it then holds no subscriber).  Driver link as in `bench.loadgen`::
 
     -> {"event": "ready", ...}   <- go   -> {"event": "done", ...figures...}
     <- paced   -> {"event": "paced", ...figures...}   (optional)
@@ -89,6 +95,11 @@ def subscribe_socketio(port: int, index: int, channel: str, timeout: float) -> W
     return conn
 
 
+def channel_of(args: argparse.Namespace, index: int) -> str:
+    """The channel client ``index`` subscribes to."""
+    return args.channel if args.channels <= 1 else f"{args.channel}{index % args.channels}"
+
+
 def connect_all(args: argparse.Namespace) -> list[tuple[int, WSConn]]:
     """Every client connected and subscribed; (port index, connection), in client order."""
     gate = Semaphore(100)
@@ -98,7 +109,7 @@ def connect_all(args: argparse.Namespace) -> list[tuple[int, WSConn]]:
     def one(index: int) -> tuple[int, WSConn]:
         node = index * len(ports) // args.clients
         with gate:
-            return node, subscribe(ports[node], index, args.channel, args.timeout)
+            return node, subscribe(ports[node], index, channel_of(args, index), args.timeout)
 
     greenlets = [gevent.spawn(one, i) for i in range(args.clients)]
     gevent.joinall(greenlets, timeout=args.timeout * (args.clients / 100 + 2))
@@ -112,9 +123,14 @@ def connect_all(args: argparse.Namespace) -> list[tuple[int, WSConn]]:
     return [g.value for g in greenlets]
 
 
-def trigger(port: int, channel: str, count: int, size: int, timeout: float, interval: float = 0.0) -> None:
+def trigger(
+    port: int, channel: str, count: int, size: int, timeout: float, interval: float = 0.0, channels: int = 1
+) -> None:
     """Ask the publishing node to start; raises unless it says it started."""
-    query = urllib.parse.urlencode({"channel": channel, "count": count, "size": size, "interval": interval})
+    fields: dict[str, Any] = {"channel": channel, "count": count, "size": size, "interval": interval}
+    if channels > 1:
+        fields["channels"] = channels
+    query = urllib.parse.urlencode(fields)
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         sock.sendall(f"GET /_bench/publish?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
@@ -140,9 +156,24 @@ def latency(result: Figures) -> dict[str, float]:
     }
 
 
+def phase_figures(streams: list[Stream], count: int, stride: int) -> Figures:
+    """`bench.receiver.figures` of a phase of ``count`` publications, each stream getting every ``stride``-th.
+
+    With a stride the publications a stream missed are counted here (what it got minus what it
+    should have), not by index as `figures` does for a stream that gets them all.
+    """
+    if stride <= 1:
+        return figures(streams, count)
+    result = figures(streams, count // stride)
+    result.lost = (count // stride) * len(streams) - result.received
+    return result
+
+
 def run(args: argparse.Namespace) -> None:
     engineio = args.kind == "socketio"
     control = Control()
+    stride = max(1, args.channels)
+    publisher = args.publisher or args.ports[0]
     opened = connect_all(args)
     every = max(1, len(opened) // max(1, args.probes))
     streams = [Stream(conn, i % every == 0, bytes(conn.buf)) for i, (_, conn) in enumerate(opened)]
@@ -150,9 +181,9 @@ def run(args: argparse.Namespace) -> None:
     per_node = {n: [s for s, node in zip(streams, nodes, strict=True) if node == n] for n in sorted(set(nodes))}
 
     # warm-up: the first publications' lazy imports, allocations and broker paths are not measured
-    trigger(args.ports[0], args.channel, args.warmup, args.size, args.timeout)
-    read_phase(streams, args.warmup, args.time_limit, args.sweep, engineio)
-    warm = figures(streams, args.warmup)
+    trigger(publisher, args.channel, args.warmup, args.size, args.timeout, channels=stride)
+    read_phase(streams, args.warmup // stride, args.time_limit, args.sweep, engineio)
+    warm = phase_figures(streams, args.warmup, stride)
     for stream in streams:
         stream.arrivals.clear()
     emit(
@@ -167,19 +198,19 @@ def run(args: argparse.Namespace) -> None:
 
     gc.disable()  # a collection pass over the arrivals would stall every probe at once
     cpu0 = cpu_now()
-    trigger(args.ports[0], args.channel, args.count, args.size, args.timeout)
-    elapsed = read_phase(streams, args.count, args.time_limit, args.sweep, engineio)
+    trigger(publisher, args.channel, args.count, args.size, args.timeout, channels=stride)
+    elapsed = read_phase(streams, args.count // stride, args.time_limit, args.sweep, engineio)
     cpu = cpu_now() - cpu0
     gc.enable()
-    result = figures(streams, args.count)
+    result = phase_figures(streams, args.count, stride)
     span = result.last_arrival - result.first_sent
     by_node: dict[str, Any] = {}
     for n, group in per_node.items():
-        part = figures(group, args.count)
+        part = phase_figures(group, args.count, stride)
         by_node[str(n)] = {"received": part.received, "lost": part.lost, **latency(part)}
     emit(
         "done",
-        expected=args.count * len(streams),
+        expected=args.count // stride * len(streams),
         received=result.received,
         lost=result.lost,
         duplicates=result.duplicates,
@@ -195,16 +226,16 @@ def run(args: argparse.Namespace) -> None:
         for stream in streams:
             stream.arrivals.clear()
         interval = 1.0 / args.paced_rate
-        trigger(args.ports[0], args.channel, args.paced, args.size, args.timeout, interval)
-        read_phase(streams, args.paced, args.paced * interval + args.time_limit, args.sweep, engineio)
-        result = figures(streams, args.paced)
+        trigger(publisher, args.channel, args.paced, args.size, args.timeout, interval, stride)
+        read_phase(streams, args.paced // stride, args.paced * interval + args.time_limit, args.sweep, engineio)
+        result = phase_figures(streams, args.paced, stride)
         by_node = {}
         for n, group in per_node.items():
-            part = figures(group, args.paced)
+            part = phase_figures(group, args.paced, stride)
             by_node[str(n)] = {"received": part.received, "lost": part.lost, **latency(part)}
         emit(
             "paced",
-            expected=args.paced * len(streams),
+            expected=args.paced // stride * len(streams),
             received=result.received,
             lost=result.lost,
             duplicates=result.duplicates,
@@ -223,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ports", type=int, nargs="+", required=True, help="the nodes; the first one publishes")
     parser.add_argument("--clients", type=int, required=True, help="subscribers, split evenly over the ports")
     parser.add_argument("--channel", required=True, help="the channel (Socket.IO: the room)")
+    parser.add_argument("--channels", type=int, default=1, help="K > 1: client i on channel <channel><i mod K>")
+    parser.add_argument("--publisher", type=int, default=0, help="the publishing node's port (default: the first)")
     parser.add_argument("--probes", type=int, default=50, help="subscribers read at once; latency is theirs")
     parser.add_argument("--sweep", type=float, default=0.05, help="seconds between reads of the others")
     parser.add_argument("--count", type=int, required=True, help="publications in the measured phase")
@@ -234,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="connect / handshake bound, seconds")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="bound on any wait for the driver")
     args = parser.parse_args(argv)
+    if args.channels > 1 and any(n % args.channels for n in (args.count, args.warmup, args.paced)):
+        parser.error("--count, --warmup and --paced must be multiples of --channels")
+    if args.channels > 1 and args.kind != "rtgevent":
+        parser.error("--channels is for rtgevent nodes only")
     raise_nofile(args.clients + 1000)
     gevent.spawn_later(args.max_seconds * 2 + 300, os._exit, 3)  # never outlive a lost driver
     run(args)

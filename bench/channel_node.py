@@ -13,10 +13,12 @@ broker's ``subscribe`` is wrapped to count the broker subscriptions the node ope
 closes (the ``churn`` scenario checks with it that its pairs really reach the broker).
 Besides the WebSocket, plain HTTP on ``/_bench/...`` (127.0.0.1 only):
 
-* ``GET /_bench/publish?channel=C&count=N&size=B&interval=S``: start one greenlet that calls
-  ``rt.publish(C, "tick", data)`` N times, S seconds apart (0: back to back, yielding to the
-  hub after each call); publication i has data ``"<i>:<CLOCK_MONOTONIC at the call>:"``
-  padded with ``x`` to B bytes (`Publisher`).  Answers at once ``{"started": true}``.
+* ``GET /_bench/publish?channel=C&count=N&size=B&interval=S[&channels=K]``: start one greenlet
+  that calls ``rt.publish(C, "tick", data)`` N times, S seconds apart (0: back to back, yielding
+  to the hub after each call); publication i has data ``"<i>:<CLOCK_MONOTONIC at the call>:"``
+  padded with ``x`` to B bytes (`Publisher`).  With K > 1, publication i goes to channel
+  ``C<i mod K>`` instead (round-robin over ``C0`` ... ``C<K-1>``; `channel_names`).  Answers
+  at once ``{"started": true}``.
 * ``GET /_bench/stats[?channel=C]``: ``rt.stats()`` plus ``node``, ``queue`` (its KombuBroker
   queue, or null), ``subscribed`` (channels the node holds a broker subscription for),
   ``hub_channels`` (channels with a local subscriber), ``members`` (C's local subscribers),
@@ -28,6 +30,7 @@ Besides the WebSocket, plain HTTP on ``/_bench/...`` (127.0.0.1 only):
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import time
@@ -42,6 +45,14 @@ TENANT = "bench"
 #: bounds on one publishing loop whatever the request asks
 MAX_PUBLISH_COUNT = 100_000
 MAX_PUBLISH_SIZE = 1 << 20
+MAX_PUBLISH_CHANNELS = 10_000
+
+
+def channel_names(channel: str, channels: int) -> list[str]:
+    """The channels a publishing loop goes round: ``channel`` alone, or ``channel0`` ... ``channel<K-1>``."""
+    if not 0 < channels <= MAX_PUBLISH_CHANNELS:
+        raise ValueError("channels out of bounds")
+    return [channel] if channels <= 1 else [f"{channel}{i}" for i in range(channels)]
 
 
 class Publisher:
@@ -150,8 +161,8 @@ def make_node() -> Callable[..., Iterable[bytes]]:
 
     def control(action: str, q: dict[str, str]) -> Any:
         if action == "publish":
-            channel = q["channel"]
-            publisher.send = lambda data: rt.publish(channel, "tick", data)
+            turn = itertools.cycle(channel_names(q["channel"], int(q.get("channels", "1"))))
+            publisher.send = lambda data: rt.publish(next(turn), "tick", data)
             return publisher.handle(q)
         if action == "stats":
             return {

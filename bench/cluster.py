@@ -174,15 +174,33 @@ def service_pids(commands: Sequence[str] = SERVICE_COMMANDS) -> list[int]:
     return pids
 
 
-class Meter:
-    """CPU seconds of our processes, of the broker servers and of the whole machine, between two marks."""
+#: what a `Meter` reads besides its processes: named figures of its own (a server's CPU, its commands)
+Probe = Callable[[], dict[str, float]]
 
-    def __init__(self, procs: dict[str, Child], services: Sequence[str] = SERVICE_COMMANDS) -> None:
+
+class Meter:
+    """CPU seconds of our processes, of the broker servers and of the whole machine, between two marks.
+
+    ``probes`` add figures of their own to each mark (and so to each delta), under the names
+    they return: not counted in ``other_cpus`` (a Redis server's CPU is in ``services`` already).
+    """
+
+    def __init__(
+        self, procs: dict[str, Child], services: Sequence[str] = SERVICE_COMMANDS, probes: Sequence[Probe] = ()
+    ) -> None:
         self.procs = procs
         self.services = service_pids(services)
+        self.probes = list(probes)
+        #: the names the probes returned at the last mark
+        self.probed: list[str] = []
 
     def mark(self) -> dict[str, float]:
         values = {name: child.cpu() for name, child in self.procs.items()}
+        extra: dict[str, float] = {}
+        for probe in self.probes:
+            extra.update(probe())
+        self.probed = list(extra)
+        values.update(extra)
         services = 0.0
         for pid in self.services:
             try:
@@ -219,19 +237,29 @@ def pinned(cpu: str) -> Iterator[None]:
 # ---------------------------------------------------------------------- clean-up
 
 
-def cleanup(namespace: str, amqp: bool, queues: Sequence[str]) -> dict[str, Any]:
-    """Remove everything of ``namespace`` from Redis (and RabbitMQ); what was left, what failed."""
+def cleanup(namespace: str, amqp: bool, queues: Sequence[str], redis_url: str = REDIS_URL) -> dict[str, Any]:
+    """Remove everything of ``namespace`` from Redis (and RabbitMQ); what was left, what failed.
+
+    ``redis_url`` may name a Redis Cluster (``redis+cluster://``): its keys are scanned on every master.
+    """
     import redis
+
+    from rtgevent.retry import CLUSTER_SCHEME, redis_cluster_client
 
     errors: list[str] = []
     left = -1
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    cluster = redis_url.startswith(f"{CLUSTER_SCHEME}://")
+    client = (
+        redis_cluster_client(redis_url, socket_timeout=5)
+        if cluster
+        else redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    )
     try:
         pattern = f"*{namespace}*"
         keys = list(client.scan_iter(match=pattern, count=1000))
         for i in range(0, len(keys), 500):
-            client.delete(*keys[i : i + 500])
-        members = client.zrange("_kombu.binding_deadlines", 0, -1)
+            client.delete(*keys[i : i + 500])  # a cluster client splits a DEL by slot
+        members = [] if cluster else client.zrange("_kombu.binding_deadlines", 0, -1)
         stale = [m for m in members if isinstance(m, bytes) and namespace.encode() in m]
         if stale:
             client.zrem("_kombu.binding_deadlines", *stale)
@@ -307,9 +335,13 @@ def run_phase(
     }
 
 
-def _flatten(result: dict[str, Any], prefix: str, phase: dict[str, Any], sender: str, receiver: str) -> None:
+def _flatten(
+    result: dict[str, Any], prefix: str, phase: dict[str, Any], sender: str, receiver: str, probed: Sequence[str] = ()
+) -> None:
     n = max(1, phase["received"])
     cpu = phase.pop("cpu")
+    if probed:  # the probes' deltas over the phase, as they are
+        result[f"{prefix}_probes"] = {name: cpu[name] for name in probed}
     for key, value in phase.items():
         result[f"{prefix}_{key}"] = value
     result[f"{prefix}_sender_cpu_us_per_msg"] = cpu[sender] / max(1, phase["sent"]) * 1e6
@@ -327,15 +359,25 @@ def _finish(result: dict[str, Any], plan: ClusterPlan) -> None:
     result["steal_cpus"] = max(result["paced_steal_cpus"], result["burst_steal_cpus"])
 
 
-def measure_cluster(broker: str, plan: ClusterPlan) -> dict[str, Any]:
-    """Two nodes, a client on node B, node A sending: paced, then flat out."""
-    url = BROKERS[broker][1]
+def measure_cluster(
+    broker: str,
+    plan: ClusterPlan,
+    urls: tuple[str, str] | None = None,
+    probes: Sequence[Probe] = (),
+) -> dict[str, Any]:
+    """Two nodes, a client on node B, node A sending: paced, then flat out.
+
+    ``urls``: (broker URL, presence URL) instead of ``BROKERS[broker]``'s and `PRESENCE_URL`
+    (``broker`` is then only the result's label); ``probes``: more figures for the `Meter`,
+    whose deltas come back per phase as ``paced_probes`` / ``burst_probes``.
+    """
+    url, presence = urls or (BROKERS[broker][1], PRESENCE_URL)
     namespace = f"rtgbench-{uuid.uuid4().hex[:12]}"
-    spec = {"broker": url, "presence": PRESENCE_URL, "namespace": namespace}
+    spec = {"broker": url, "presence": presence, "namespace": namespace}
     result: dict[str, Any] = {"scenario": "cluster", "broker": broker, "namespace": namespace}
     queues: list[str] = []
     with pinned(LOADGEN_CPU), contextlib.ExitStack() as stack:
-        stack.callback(lambda: result.update(cleanup(namespace, url.startswith("amqp"), queues)))
+        stack.callback(lambda: result.update(cleanup(namespace, url.startswith("amqp"), queues, presence)))
         a = Node("node A", spec)
         stack.callback(a.close)
         b = Node("node B", spec)
@@ -352,7 +394,7 @@ def measure_cluster(broker: str, plan: ClusterPlan) -> dict[str, Any]:
         stack.callback(client.close)
         ready = client.lines.event("ready", 60)
         result["nodes"] = {"A": a.call("stats")["node"], "B": ready["nodes"]}
-        meter = Meter({"A": a, "B": b, "client": client})
+        meter = Meter({"A": a, "B": b, "client": client}, probes=probes)
 
         def trigger(start: int, count: int, rate: float, limit: float) -> dict[str, Any]:
             return a.call("send", timeout=limit + 60, count=count, rate=rate, start=start, time_limit=limit)
@@ -365,8 +407,8 @@ def measure_cluster(broker: str, plan: ClusterPlan) -> dict[str, Any]:
         out0 = b.call("stats")["messages_out"]
         burst = run_phase(client, meter, trigger, BURST_START, plan.burst_messages, 0.0, plan.burst_seconds, plan)
         result["receiver_messages_out"] = b.call("stats")["messages_out"] - out0
-        _flatten(result, "paced", paced, "A", "B")
-        _flatten(result, "burst", burst, "A", "B")
+        _flatten(result, "paced", paced, "A", "B", meter.probed)
+        _flatten(result, "burst", burst, "A", "B", meter.probed)
         client.tell("close")
         client.lines.event("closed", 30)
         result["logs"] = {"node A": a.problems()[:10], "node B": b.problems()[:10], "client": client.problems()[:10]}
@@ -543,7 +585,7 @@ def anomalies(results: list[dict[str, Any]]) -> list[str]:
     """Everything that makes a figure suspect, one line each."""
     notes: list[str] = []
     for r in results:
-        where = f"{r['scenario']} {BROKERS[r['broker']][0]}"
+        where = f"{r['scenario']} {BROKERS[r['broker']][0] if r['broker'] in BROKERS else r['broker']}"
         if r.get("warmup_lost") or r.get("warmup_errors"):
             notes.append(f"{where}: warm-up lost {r['warmup_lost']} messages, send errors {r['warmup_errors']}")
         for phase in ("paced", "burst"):
