@@ -21,6 +21,7 @@ and ``import rtgevent`` must not pay for redis.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -36,8 +37,11 @@ if TYPE_CHECKING:
 __all__ = [
     "CLUSTER_SCHEME",
     "Backoff",
+    "ClusterURL",
     "Deadline",
+    "LazyCluster",
     "backoff_delay",
+    "parse_cluster_url",
     "redact_url",
     "redis_client",
     "redis_cluster_client",
@@ -209,26 +213,136 @@ def redis_retrying(store: str, what: str, retries: int, op: Callable[[int], _T],
             raise BrokerUnavailable(f"{store} refused {what}: {exc}") from exc
 
 
+@dataclasses.dataclass(frozen=True)
+class ClusterURL:
+    """A parsed ``redis+cluster://[user:password@]host1:port1[,host2:port2...]/``."""
+
+    #: the nodes named, ``(host, port)``: where a client starts (it learns the others)
+    nodes: tuple[tuple[str, int], ...]
+    #: ACL user and password of every node (Redis Cluster nodes share them), unquoted
+    username: str | None
+    password: str | None
+
+    def node_url(self, host: str, port: int) -> str:
+        """``redis://`` for one node of the cluster, with the cluster's credentials."""
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if self.password is None and self.username is None:
+            return f"redis://{address}"
+        user = urllib.parse.quote(self.username or "", safe="")
+        password = "" if self.password is None else ":" + urllib.parse.quote(self.password, safe="")
+        return f"redis://{user}{password}@{address}"
+
+
+def parse_cluster_url(url: str, field: str = "url") -> ClusterURL:
+    """``url`` parsed, or `InvalidOption` for ``field`` (the URL redacted) if it is not a cluster URL.
+
+    Checked without connecting, so that a typo fails when the store or broker is made, not
+    at its first call.  The user part, as in ``redis://``, is the ACL user and password
+    (percent-encoded); TLS (``rediss``) is not offered for a cluster.
+    """
+    wrong = InvalidOption(
+        field, f"{redact_url(str(url))!r}: want redis+cluster://[user:password@]host:port[,host:port...]/"
+    )
+    scheme, sep, rest = url.partition("://") if isinstance(url, str) else ("", "", "")
+    if scheme.lower() != CLUSTER_SCHEME or not sep:
+        raise wrong
+    location = rest.split("/", 1)[0]
+    userinfo, at, hosts = location.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(secret) if colon else None
+    nodes: list[tuple[str, int]] = []
+    for address in hosts.split(","):
+        host, _, port = address.strip().rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or "@" in host:
+            raise wrong
+        nodes.append((host, int(port)))
+    return ClusterURL(tuple(nodes), username, password)
+
+
 def redis_cluster_client(url: str, *, socket_timeout: float, field: str = "url") -> Any:
-    """A redis-py ``RedisCluster`` for ``redis+cluster://h1:p1,h2:p2/`` (SPEC section 15).
+    """A redis-py ``RedisCluster`` for ``redis+cluster://[user:password@]h1:p1,h2:p2/`` (SPEC section 15).
 
     The nodes named are only where it starts: the client learns the slots and the other
     nodes from them, follows ``MOVED`` / ``ASK`` and refreshes the topology after a
     failover by itself.  ``socket_timeout`` bounds every call, as for `redis_client`.  A
-    malformed URL raises `InvalidOption` for ``field``, with the URL redacted.
+    malformed URL raises `InvalidOption` for ``field``, with the URL redacted.  Making one
+    connects (it asks a node for the slots).
     """
     from redis.cluster import ClusterNode, RedisCluster
 
-    scheme, sep, rest = url.partition("://")
-    nodes: list[Any] = []
-    for address in rest.split("/", 1)[0].split(","):
-        host, _, port = address.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise InvalidOption(field, f"{redact_url(url)!r}: want redis+cluster://host:port[,host:port...]/")
-        nodes.append(ClusterNode(host.strip("[]"), int(port)))  # type: ignore[no-untyped-call]
-    if scheme.lower() != CLUSTER_SCHEME or not sep:
-        raise InvalidOption(field, f"{redact_url(url)!r}: want redis+cluster://host:port[,host:port...]/")
-    return RedisCluster(startup_nodes=nodes, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+    parsed = parse_cluster_url(url, field)
+    nodes = [ClusterNode(host, port) for host, port in parsed.nodes]  # type: ignore[no-untyped-call]
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=parsed.username,
+        password=parsed.password,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+    )
+
+
+class LazyCluster:
+    """A ``RedisCluster`` made at its first call, for the stores (presence, history).
+
+    Making a ``RedisCluster`` connects: it asks the nodes for the slots, and raises if none
+    answers.  A node must start while its Redis is down (SPEC section 7) and catch up later,
+    so the stores hold this instead: the URL is checked now, the client is made by the
+    first call, and until a node answers every call fails the way a lost connection does
+    (``RedisClusterUnreachableError``, which the stores' retry loop turns into
+    `BrokerUnavailable`).  Scripts are registered without a client (their SHA needs only
+    the encoding).  Thread-safe: the stores are called from OS threads too (the Emitter).
+    """
+
+    def __init__(self, url: str, *, socket_timeout: float, field: str = "url") -> None:
+        import threading
+
+        parse_cluster_url(url, field)  # a malformed URL fails now, not at the first call
+        self._url = url
+        self._socket_timeout = socket_timeout
+        self._field = field
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get_encoder(self) -> Any:
+        """The encoding every ``RedisCluster`` made here uses (redis-py's default), for `register_script`."""
+        from redis._parsers.encoders import Encoder
+
+        return Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
+
+    def register_script(self, script: str) -> Any:
+        from redis.commands.core import Script
+
+        return Script(self, script)  # type: ignore[arg-type]  # calls this object's evalsha / script_load
+
+    def client(self) -> Any:
+        """The ``RedisCluster``, made now if it is not yet (which connects, or raises)."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._closed:
+                    import redis
+
+                    raise redis.ConnectionError("the cluster client is closed")
+                if self._client is None:
+                    self._client = redis_cluster_client(
+                        self._url, socket_timeout=self._socket_timeout, field=self._field
+                    )
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client(), name)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client, self._closed = self._client, None, True
+        if client is not None:
+            client.close()
 
 
 #: connections of one Redis client's pool unless the caller says otherwise: enough for a burst

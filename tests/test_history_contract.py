@@ -563,10 +563,15 @@ def test_an_append_that_never_reached_redis_is_made_by_the_retry(
     assert texts(history.since("room:1", 0, "", 100)) == ["m1", "m2"]
 
 
-def test_a_redis_that_does_not_answer_raises_broker_unavailable() -> None:
-    """No Redis at the URL: every call fails quickly with BrokerUnavailable, naming the URL without its password."""
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+def test_a_redis_that_does_not_answer_raises_broker_unavailable(scheme: str) -> None:
+    """No Redis at the URL: every call fails quickly with BrokerUnavailable, naming the URL without its password.
+
+    On a cluster too: making the store does not connect (a node starts while its Redis is
+    down), its calls fail like a lost connection until a node answers.
+    """
     port = free_port()  # nobody listens there
-    history = RedisHistory(f"redis://:secret@127.0.0.1:{port}/0", socket_timeout=1, retries=1)
+    history = RedisHistory(f"{scheme}://:secret@127.0.0.1:{port}/", socket_timeout=1, retries=1)
     try:
         calls: list[Callable[[], object]] = [
             lambda: history.append("room:1", "x", 10, 30),

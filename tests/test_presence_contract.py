@@ -547,10 +547,15 @@ def _assert_unavailable(store: RedisPresence, where: str) -> None:
     store.unregister(info.session_id)  # never registered: no-op, no I/O
 
 
-def test_unreachable_redis_raises_broker_unavailable_quickly() -> None:
-    """Nothing listens on port 1: every operation fails fast with a clear BrokerUnavailable."""
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1/"])
+def test_unreachable_redis_raises_broker_unavailable_quickly(url: str) -> None:
+    """Nothing listens on port 1: every operation fails fast with a clear BrokerUnavailable.
+
+    A cluster's store is made all the same (it connects at its first call): a node starts
+    while its Redis is down and catches up once it answers.
+    """
     with gevent.Timeout(30, AssertionError("a call hung")):
-        store = RedisPresence("redis://127.0.0.1:1/0", socket_timeout=0.5, retries=2)
+        store = RedisPresence(url, socket_timeout=0.5, retries=2)
         try:
             _assert_unavailable(store, "127.0.0.1:1")
         finally:

@@ -60,8 +60,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
 
-from ..errors import BrokerUnavailable, InvalidOption
-from ..retry import CLUSTER_SCHEME, redact_url, redis_client, redis_cluster_client
+from ..errors import BrokerUnavailable
+from ..retry import parse_cluster_url, redis_client, redis_cluster_client
 from ._consumer import IDLE_EVERY
 from .redis import RedisChannelBroker, _ConnectionDead
 
@@ -75,28 +75,6 @@ log = logging.getLogger("rtgevent.broker")
 
 class _SlotMoved(redis.ConnectionError):
     """Redis unsubscribed a shard channel itself: its slot now belongs to another master."""
-
-
-def _check_url(url: str) -> str:
-    """``url`` if it has the shape ``redis+cluster://host:port[,host:port...]/``, else `InvalidOption`.
-
-    Checked when the broker is made, which does not connect: a typo should fail at start,
-    not at the first publish.
-    """
-    scheme, sep, rest = url.partition("://") if isinstance(url, str) else ("", "", "")
-    addresses = rest.split("/", 1)[0].split(",")
-    if scheme.lower() != CLUSTER_SCHEME or not sep or not all(_is_address(a.strip()) for a in addresses):
-        raise InvalidOption("broker_url", f"{redact_url(str(url))!r}: want redis+cluster://host:port[,host:port...]/")
-    return url
-
-
-def _is_address(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    return bool(host) and "@" not in host and port.isdigit()
-
-
-def _node_url(host: str, port: int) -> str:
-    return f"redis://[{host}]:{port}" if ":" in host else f"redis://{host}:{port}"
 
 
 class _Shard:
@@ -184,8 +162,10 @@ class RedisClusterBroker(RedisChannelBroker):
         poll_interval: float = 0.1,
         subscribe_timeout: float = 10.0,
     ) -> None:
+        # checked now (making the broker does not connect): a typo fails at start
+        self._address = parse_cluster_url(url, "broker_url")
         super().__init__(
-            _check_url(url),
+            url,
             "redis cluster broker",
             namespace=namespace,
             publish_retries=publish_retries,
@@ -393,7 +373,7 @@ class RedisClusterBroker(RedisChannelBroker):
 
     def _open_shard(self, host: str, port: int, name: str) -> _Shard:
         client = redis_client(
-            _node_url(host, port),
+            self._address.node_url(host, port),
             socket_timeout=self._socket_timeout,
             connect_timeout=self._connect_timeout,
             client_name=self.consumer_name,

@@ -31,7 +31,7 @@ import redis
 
 from ..broker.base import check_namespace
 from ..errors import InvalidOption
-from ..retry import CLUSTER_SCHEME, redact_url, redis_client, redis_cluster_client, redis_retrying
+from ..retry import CLUSTER_SCHEME, LazyCluster, redact_url, redis_client, redis_retrying
 from .base import Position, Publication, Recovery, Stamp, as_stamp, reaches_back
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class RedisHistory:
             raise InvalidOption("retries", "must be an integer >= 0")
         check_namespace(namespace)
         if isinstance(url_or_client, str) and url_or_client.lower().startswith(CLUSTER_SCHEME + "://"):
-            self._client: Any = redis_cluster_client(url_or_client, socket_timeout=socket_timeout, field="history_url")
+            self._client: Any = LazyCluster(url_or_client, socket_timeout=socket_timeout, field="history_url")
             self._owns_client = True
             self._url: str | None = None  # no broker publishes through a cluster's script yet
             self._where = redact_url(url_or_client)

@@ -122,7 +122,7 @@ from redis.cluster import RedisCluster
 from ..broker.base import check_namespace
 from ..channels import check_channel
 from ..errors import InvalidOption
-from ..retry import CLUSTER_SCHEME, redact_url, redis_client, redis_cluster_client, redis_retrying
+from ..retry import CLUSTER_SCHEME, LazyCluster, redact_url, redis_client, redis_retrying
 from ..types import SessionInfo
 from .base import NodeLease, OnlineIdentity, identity_matches
 
@@ -611,7 +611,7 @@ class RedisPresence:
         self._client: Any  # redis.Redis or RedisCluster: the calls made here are common to both
         if isinstance(url_or_client, str):
             if url_or_client.partition("://")[0].lower() == CLUSTER_SCHEME:
-                self._client = redis_cluster_client(url_or_client, socket_timeout=socket_timeout, field="presence_url")
+                self._client = LazyCluster(url_or_client, socket_timeout=socket_timeout, field="presence_url")
             else:
                 # no hidden retries in the client: the bound on how long a caller waits is ours
                 self._client = redis_client(url_or_client, socket_timeout=socket_timeout, field="presence_url")
@@ -622,7 +622,7 @@ class RedisPresence:
             self._owns_client = False
             self._where = _describe(url_or_client)
         #: on Redis Cluster: keys hash-tagged per owner, and no script touches two slots
-        self.cluster = isinstance(self._client, RedisCluster)
+        self.cluster = isinstance(self._client, (RedisCluster, LazyCluster))
         self._ttl = float(ttl)
         self._retries = retries
         self._ns = namespace
