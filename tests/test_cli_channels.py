@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.clusterkit import AMQP, REDIS, Client
+from tests.clusterkit import ON_CLUSTER, REDIS, Backend, Client
 from tests.conftest import ROOT
 from tests.procs import ServeProcess
 from tests.services import LiveServices
@@ -47,12 +47,13 @@ def _one_error_line(out: subprocess.CompletedProcess[str], code: int) -> str:
 # ---------------------------------------------------------------------------- publish
 
 
-@pytest.mark.parametrize("broker", [REDIS, AMQP], ids=["redis", "kombu-amqp"])
+@pytest.mark.parametrize("kind", ["redis", "kombu-amqp", ON_CLUSTER])
 def test_publish_reaches_the_subscribers_on_every_node_and_nobody_else(
-    cluster: Callable[..., list[ServeProcess]], broker: str
+    cluster: Callable[..., list[ServeProcess]], kind: str, backend: Backend
 ) -> None:
     namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
-    a, b = cluster(2, broker=broker, namespace=namespace)
+    broker = backend.broker
+    a, b = cluster(2, broker=broker, presence=backend.presence, namespace=namespace)
     room = f"room:{uuid.uuid4().hex[:8]}"
     ann, bea, cid = Client(a, "ann"), Client(b, "bea"), Client(b, "cid")
     for client in (ann, bea):
@@ -107,11 +108,14 @@ def test_publish_needs_only_a_broker_and_fails_like_the_other_verbs(live: LiveSe
 # ---------------------------------------------------------------------------- members
 
 
-def test_members_lists_a_channels_subscribers_on_every_node(cluster: Callable[..., list[ServeProcess]]) -> None:
+@pytest.mark.parametrize("kind", ["redis", ON_CLUSTER])
+def test_members_lists_a_channels_subscribers_on_every_node(
+    cluster: Callable[..., list[ServeProcess]], kind: str, backend: Backend
+) -> None:
     namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
-    a, b = cluster(2, broker=REDIS, namespace=namespace)
+    a, b = cluster(2, broker=backend.broker, presence=backend.presence, namespace=namespace)
     room = f"{SEEN}{uuid.uuid4().hex[:8]}"
-    env = {"RTGEVENT_PRESENCE_URL": REDIS}
+    env = {"RTGEVENT_PRESENCE_URL": backend.presence}
 
     def members(channel: str = room) -> list[str]:
         out = _rtgevent("members", channel, "--namespace", namespace, env=env)

@@ -13,7 +13,7 @@ import gevent
 import pytest
 import websocket
 
-from tests.clusterkit import AMQP, BROKERS, REDIS, Client
+from tests.clusterkit import AMQP, ON_CLUSTER, REDIS, Backend, Client
 from tests.conftest import ROOT
 from tests.procs import ServeProcess
 from tests.waiting import WAIT
@@ -26,13 +26,13 @@ def _run(*cmd: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("kind", ["redis", "kombu-amqp"])
+@pytest.mark.parametrize("kind", ["redis", "kombu-amqp", ON_CLUSTER])
 def test_emitter_from_eight_threads_in_a_gevent_free_process(
-    cluster: Callable[..., list[ServeProcess]], kind: str
+    cluster: Callable[..., list[ServeProcess]], kind: str, backend: Backend
 ) -> None:
     """8 threads x 500 sends over two nodes: each message once, each thread's order kept per identity."""
     namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
-    a, b = cluster(2, broker=BROKERS[kind], namespace=namespace)
+    a, b = cluster(2, broker=backend.broker, presence=backend.presence, namespace=namespace)
     identities = ["u0", "u1", "u2", "u3"]
     clients = {name: Client(a if i < 2 else b, name) for i, name in enumerate(identities)}
     sender = gevent.spawn(
@@ -40,8 +40,8 @@ def test_emitter_from_eight_threads_in_a_gevent_free_process(
         sys.executable,
         "-m",
         "tests.emitter_script",
-        BROKERS[kind],
-        REDIS,
+        backend.broker,
+        backend.presence,
         namespace,
         str(THREADS),
         str(PER_THREAD),
@@ -113,12 +113,15 @@ def test_backend_events_reach_a_sync_worker_that_answers(cluster: Callable[..., 
             conn.default_channel.queue_delete(queue)
 
 
-def test_cli_verbs_against_a_two_node_cluster(cluster: Callable[..., list[ServeProcess]]) -> None:
+@pytest.mark.parametrize("kind", ["redis", ON_CLUSTER])
+def test_cli_verbs_against_a_two_node_cluster(
+    cluster: Callable[..., list[ServeProcess]], kind: str, backend: Backend
+) -> None:
     """send, broadcast, online, sessions and kick do what they say; with the broker down: one line, exit 1."""
     namespace = f"rtgtest-{uuid.uuid4().hex[:10]}"
-    a, b = cluster(2, broker=REDIS, namespace=namespace)
+    a, b = cluster(2, broker=backend.broker, presence=backend.presence, namespace=namespace)
     alice_a, alice_b, bob = Client(a, "alice"), Client(b, "alice"), Client(b, "bob")
-    env = {"RTGEVENT_BROKER_URL": REDIS, "RTGEVENT_PRESENCE_URL": REDIS}
+    env = {"RTGEVENT_BROKER_URL": backend.broker, "RTGEVENT_PRESENCE_URL": backend.presence}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return _run(sys.executable, "-m", "rtgevent", *args, "--namespace", namespace, env=env)
