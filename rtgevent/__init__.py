@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .broker import Broker, LocalBroker, Subscription, broker_from_url
     from .broker.kombu import KombuBroker
     from .broker.redis import RedisBroker
+    from .broker.redis_cluster import RedisClusterBroker
     from .channels import ChannelOptions
     from .cli import serve
     from .codec import CmdCodec, Codec, JSONCodec
@@ -96,6 +97,7 @@ _LAZY = {
     "RealtimeClosed": ".errors",
     "RealtimeError": ".errors",
     "RedisBroker": ".broker.redis",
+    "RedisClusterBroker": ".broker.redis_cluster",
     "RedisHistory": ".history.redis",
     "RedisPresence": ".presence.redis",
     "Session": ".session",
@@ -158,6 +160,7 @@ __all__ = [
     "RealtimeClosed",
     "RealtimeError",
     "RedisBroker",
+    "RedisClusterBroker",
     "RedisHistory",
     "RedisPresence",
     "Session",

@@ -223,10 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--bind", default="127.0.0.1:8000")
     serve.add_argument("--certfile")
     serve.add_argument("--keyfile")
-    serve.add_argument("--broker", default=os.environ.get("RTGEVENT_BROKER_URL"), help="broker URL (amqp://, redis://)")
-    serve.add_argument("--presence", default=os.environ.get("RTGEVENT_PRESENCE_URL"), help="presence URL (redis://)")
     serve.add_argument(
-        "--history", default=os.environ.get("RTGEVENT_HISTORY_URL"), help="history URL (redis://), for recovery"
+        "--broker",
+        default=os.environ.get("RTGEVENT_BROKER_URL"),
+        help="broker URL (amqp://, redis://, redis+cluster://)",
+    )
+    serve.add_argument(
+        "--presence", default=os.environ.get("RTGEVENT_PRESENCE_URL"), help="presence URL (redis://, redis+cluster://)"
+    )
+    serve.add_argument(
+        "--history",
+        default=os.environ.get("RTGEVENT_HISTORY_URL"),
+        help="history URL (redis://, redis+cluster://), for recovery",
     )
     serve.add_argument(
         "--admin-token",

@@ -28,7 +28,8 @@ Two substitutions let the examples run next to other test runs on a shared machi
 ``myapp`` (the namespace and queue names of the examples) becomes a name unique to this
 run, and in serving blocks port 8000 becomes a free port (``0.0.0.0``: ``127.0.0.1``).
 A block that names ``redis://`` or ``amqp://`` is skipped when that service does not
-answer on 127.0.0.1.
+answer on 127.0.0.1; one that names ``redis+cluster://`` gets the shared test cluster's URL
+(`tests.rediscluster`) in ``REDIS_CLUSTER_URL``.
 """
 
 from __future__ import annotations
@@ -389,8 +390,16 @@ def _run(block: Block, workdir: Path, port: int | None) -> None:
 
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=lambda b: b.id)
-def test_example(block: Block, tmp_path: Path, running: list[Running]) -> None:
+def test_example(
+    block: Block,
+    tmp_path: Path,
+    running: list[Running],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _requirements(block)
+    if "redis+cluster://" in block.source:  # the example reads the cluster's URL from the environment
+        monkeypatch.setenv("REDIS_CLUSTER_URL", request.getfixturevalue("redis_cluster").url)
     if "serve" in block.notes:
         _serve(block, tmp_path / "work", running)
     elif "server" in block.notes:

@@ -48,6 +48,7 @@ def test_brokers_and_presence_stores_are_exported() -> None:
     for name in (
         "LocalBroker",
         "RedisBroker",
+        "RedisClusterBroker",
         "KombuBroker",
         "MemoryPresence",
         "RedisPresence",
