@@ -415,6 +415,49 @@ def test_node_that_renews_during_its_purge_keeps_its_sessions(
     assert sorted(listed) == sorted(i.session_id for i in mine)
 
 
+def test_a_comeback_between_a_cluster_purges_pop_and_its_removals_is_healed_at_the_next_renewal(
+    redis_presence: Callable[..., RedisPresence], ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster a purge pops a chunk in the node's slot, then removes it from the
+    identities' slots: the worst moment for the node to come back is in between.  Its
+    comeback renewal heals (it sees the popped chunk missing), the purge then removes that
+    chunk's identity entries all the same, and the next renewal writes everything again."""
+    node_a, node_b = redis_presence(), redis_presence(0.5)
+    if not node_a.cluster:
+        pytest.skip("one Redis purges a chunk in one script: there is no in between")
+    node_a.renew("node-a", 30)
+    node_b.renew("node-b", 0.5)
+    mine = _fill(node_b, "node-b", 30, 30)
+    wait_until(lambda: not node_a.is_online("acme", "user-0"), "node-b's lease to run out")
+    node_a.purge_chunk = 10
+    make_batch = node_a._batch
+    comebacks: list[str] = []
+
+    class LateBatch:
+        """The purge's batch of removals, sent only after node-b's comeback renewal."""
+
+        def __init__(self, batch: Any) -> None:
+            self.batch = batch
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.batch, name)
+
+        def run(self) -> Any:
+            if not comebacks:  # the first chunk is popped: node-b renews before its removals
+                comebacks.append("node-b")
+                node_b.renew("node-b", 30)
+            return self.batch.run()
+
+    monkeypatch.setattr(node_a, "_batch", lambda *, ordered=True: LateBatch(make_batch(ordered=ordered)))
+    assert node_a.purge_node("node-b") is False  # the node renewed: the purge stops after one chunk
+    assert comebacks == ["node-b"]
+    gone = sum(not node_a.get_identity_sessions("acme", f"user-{i}") for i in range(30))
+    assert gone == 10  # the chunk's identity entries, removed after the comeback's heal
+    node_b.renew("node-b", 30)  # the next renewal
+    listed = [s.session_id for i in range(30) for s in node_a.get_identity_sessions("acme", f"user-{i}")]
+    assert sorted(listed) == sorted(i.session_id for i in mine)
+
+
 def test_renew_rewrites_entries_redis_lost_and_drops_stale_ones(
     redis_presence: Callable[..., RedisPresence], admin: redis.Redis, ns: str, keys: Keys
 ) -> None:

@@ -97,7 +97,9 @@ opposite, a session no purge can find, never happens); the same for a channel me
 and the node's channel set.  A purge pops a chunk in the dead node's slot, checking its own
 lease there atomically, then removes each popped entry in its identity's or channel's slot
 (one pipeline, one round trip per shard), and takes the node out of the directory last,
-unless it renewed meanwhile.  `renew` is two calls (the node's lease, then the directory).
+unless it renewed meanwhile.  A node that comes back between a chunk's pop and its
+removals heals at that renewal, and the removals may still land after the heal: so a
+renewal that healed on a cluster is followed by one that writes everything again.  `renew` is two calls (the node's lease, then the directory).
 Lookups read the owner's hash and check its nodes against the directory as this object
 last read it (`_alive`), so the directory's shard is not asked at every lookup.  Redis >= 7
 for a cluster, >= 5 otherwise.
@@ -645,6 +647,8 @@ class RedisPresence:
         #: cluster's configuration epoch at the last renewal (a failover raises it)
         self._directory: _Directory | None = None
         self._epoch: int | None = None
+        #: Redis Cluster: nodes whose next renewal rewrites all their entries (see `renew`)
+        self._rewrite_next: set[str] = set()
         self._lock = threading.Lock()
         #: writes (register, unregister, channel joins and leaves) in flight, and whether a
         #: self-healing runs: healing waits for the writes in flight and holds new ones back,
@@ -871,22 +875,33 @@ class RedisPresence:
             _, stored, stored_joined = self._run("renew", lambda: self._lease(keys=lease_keys, args=[args[1]]))
             deadline, _, expired, _ = self._run("renew", lambda: self._renew(keys=[self._leases_key], args=args))
             self._saw_alive(node_id, float(deadline))
-            failed_over = self._failed_over(lease_keys[0])
+            rewrite = self._failed_over(lease_keys[0])
+            with self._lock:
+                if node_id in self._rewrite_next:
+                    self._rewrite_next.discard(node_id)
+                    rewrite = True
         else:
             reply = self._run("renew", lambda: self._renew(keys=[self._leases_key, *node_keys], args=args))
             _deadline, stored, expired, stored_joined = reply
-            failed_over = False
+            rewrite = False
         with self._lock:
             self._leased.add(node_id)
         drifted, joined_drifted = self._compare(node_id, stored, stored_joined)
-        if (drifted or joined_drifted or failed_over) and self._begin_healing():
+        if (drifted or joined_drifted or rewrite) and self._begin_healing():
             try:
                 # the counts were read while writes were in flight (this object remembers a
                 # write before it reaches Redis): count again now that none is.  After a
                 # failover the counts prove nothing (the node's sets may sit on a shard
                 # that lost nothing while an identity's shard lost its last writes):
                 # everything is written again.
-                drifted, joined_drifted = (True, True) if failed_over else self._drifted(node_id)
+                drifted, joined_drifted = (True, True) if rewrite else self._drifted(node_id)
+                if self.cluster and (drifted or joined_drifted) and not rewrite:
+                    # the node was purged while away (the usual drift): another node's purge
+                    # may still be removing the popped entries from their identities' and
+                    # channels' slots, after this heal rewrote them.  The next renewal
+                    # writes everything once more, when that purge has long finished.
+                    with self._lock:
+                        self._rewrite_next.add(node_id)
                 if drifted:
                     self._heal(node_id)
                 if joined_drifted:
