@@ -45,7 +45,17 @@ FLOORS: list[set[str]] = [
         "positions",
     },
     {"transport.acquire", "transport.connection", "session", "hub", "middleware", "broker._consumer", "streams"},
-    {"broker.redis", "broker.kombu", "broker", "presence.redis", "presence", "events", "history.redis", "history"},
+    {
+        "broker.redis",
+        "broker.redis_cluster",
+        "broker.kombu",
+        "broker",
+        "presence.redis",
+        "presence",
+        "events",
+        "history.redis",
+        "history",
+    },
     {"delivery", "gate", "rooms"},
     {"app", "node", "emitter"},
     {"realtime", "testing", "flask", "metrics", "client", "admin"},
@@ -201,7 +211,7 @@ def test_kombu_and_redis_stay_in_their_rooms() -> None:
     """kombu only in broker/kombu.py and events.py; redis only in the Redis rooms and retry's client builder."""
     allowed = {
         "kombu": {"broker.kombu", "events"},
-        "redis": {"broker.redis", "presence.redis", "history.redis", "retry"},
+        "redis": {"broker.redis", "broker.redis_cluster", "presence.redis", "history.redis", "retry"},
     }
     wrong = [
         f"{name}:{line} imports {imported}"
