@@ -99,10 +99,10 @@ lease there atomically, then removes each popped entry in its identity's or chan
 (one pipeline, one round trip per shard), and takes the node out of the directory last,
 unless it renewed meanwhile.  A node that comes back between a chunk's pop and its
 removals heals at that renewal, and the removals may still land after the heal: so a
-renewal that healed on a cluster is followed by one that writes everything again.  `renew` is two calls (the node's lease, then the directory).
-Lookups read the owner's hash and check its nodes against the directory as this object
-last read it (`_alive`), so the directory's shard is not asked at every lookup.  Redis >= 7
-for a cluster, >= 5 otherwise.
+renewal that healed on a cluster is followed by one that writes everything again.
+`renew` is two calls (the node's lease, then the directory).  Lookups read the owner's hash
+and check its nodes against the directory as this object last read it (`_alive`), so the
+directory's shard is not asked at every lookup.  Redis >= 7 for a cluster, >= 5 otherwise.
 """
 
 from __future__ import annotations
