@@ -39,6 +39,7 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -140,6 +141,30 @@ class RedisChannelBroker(ConsumerBroker):
     def _topic_of(self, channel: bytes | str) -> str:
         name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
         return sys.intern(name.removeprefix(self._prefix))  # the string the handler table holds
+
+    # ------------------------------------------------------------------ consuming: what both consumers do
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        """A published message, as redis-py's ``handle_message`` gives it: to the topic's handlers."""
+        self._count_message()
+        data = message["data"]
+        if isinstance(data, bytes):
+            self._dispatch(self._topic_of(message["channel"]), data)
+
+    def _confirmed(self, topic: str, unconfirmed: dict[str, int], still_wanted: Callable[[str], bool]) -> None:
+        """Redis confirmed one (S)SUBSCRIBE of ``topic``, of those counted in ``unconfirmed``.
+
+        The topic is live only once its latest subscribe is confirmed (after a quick
+        unsubscribe and resubscribe, the first confirmation is not enough), and only if it
+        is still subscribed where this confirmation came from (``still_wanted``).
+        """
+        unconfirmed[topic] = left = unconfirmed.get(topic, 1) - 1
+        if left <= 0:
+            del unconfirmed[topic]
+            with self._lock:
+                if topic in self._handlers and still_wanted(topic):
+                    self._bound.add(topic)
+            self._release_waiters(topic=topic)  # one topic's: not a scan of every waiter
 
     # ------------------------------------------------------------------ publishing
 
@@ -292,21 +317,9 @@ class RedisBroker(RedisChannelBroker):
                 continue
             kind = message["type"]
             if kind == "message":
-                self._count_message()
-                data = message["data"]
-                if isinstance(data, bytes):
-                    self._dispatch(self._topic_of(message["channel"]), data)
+                self._deliver(message)
             elif kind == "subscribe":
-                topic = self._topic_of(message["channel"])
-                unconfirmed[topic] = left = unconfirmed.get(topic, 1) - 1
-                # live only once the latest SUBSCRIBE is confirmed (after a quick unsubscribe
-                # and resubscribe, the first confirmation is not enough)
-                if left <= 0:
-                    del unconfirmed[topic]
-                    with self._lock:
-                        if topic in self._handlers and topic in subscribed:
-                            self._bound.add(topic)
-                    self._release_waiters(topic=topic)  # one topic's: not a scan of every waiter
+                self._confirmed(self._topic_of(message["channel"]), unconfirmed, subscribed.__contains__)
 
     def _readable(self, connection: Any) -> bool:
         """Whether a reply waits on the pub/sub connection: at once, or within ``poll_interval``.

@@ -353,21 +353,9 @@ class RedisClusterBroker(RedisChannelBroker):
             return
         kind = message["type"]
         if kind == "smessage":
-            self._count_message()
-            data = message["data"]
-            if isinstance(data, bytes):
-                self._dispatch(self._topic_of(message["channel"]), data)
+            self._deliver(message)
         elif kind == "ssubscribe":
-            topic = self._topic_of(message["channel"])
-            shard.unconfirmed[topic] = left = shard.unconfirmed.get(topic, 1) - 1
-            # live only once the latest SSUBSCRIBE is confirmed (after a quick unsubscribe
-            # and resubscribe, the first confirmation is not enough)
-            if left <= 0:
-                del shard.unconfirmed[topic]
-                with self._lock:
-                    if topic in self._handlers and route.get(topic) is shard:
-                        self._bound.add(topic)
-                self._release_waiters(topic=topic)
+            self._confirmed(self._topic_of(message["channel"]), shard.unconfirmed, lambda t: route.get(t) is shard)
         elif kind == "sunsubscribe":
             topic = self._topic_of(message["channel"])
             pending = shard.leaving.get(topic, 0)
