@@ -43,7 +43,7 @@ from bench.cluster import (
     cleanup,
     pinned,
 )
-from bench.common import LOADGEN_CPU, SERVER_CPU, BenchError, fmt, median
+from bench.common import LOADGEN_CPU, SERVER_CPU, BenchError, delivery_figures, fmt, median
 from bench.proc import rss_kib
 from rtgevent.channels import channel_topic
 
@@ -239,16 +239,7 @@ def measure_channels(kind: str, plan: ChannelsPlan) -> dict[str, Any]:
             "members": [s.get("members") for s in before],
             "warmup_lost": ready["warmup_lost"],
             "count": plan.count,
-            "expected": done["expected"],
-            "received": done["received"],
-            "lost": done["lost"],
-            "duplicates": done["duplicates"],
-            "unreadable": done["unreadable"],
-            "readers_closed": done["readers_closed"],
-            "rate": done["rate"],
-            "p50_ms": done["p50_ms"],
-            "p99_ms": done["p99_ms"],
-            "max_ms": done["max_ms"],
+            **delivery_figures(done),
             "a_p50_ms": on_a["p50_ms"],
             "a_p99_ms": on_a["p99_ms"],
             "b_p50_ms": on_b["p50_ms"],

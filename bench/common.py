@@ -150,6 +150,16 @@ def fmt(value: float) -> str:
     return f"{value:.2f}"
 
 
+#: what a load generator's "done" line says of the deliveries, reported as it is by every scenario
+DELIVERY_FIGURES = ("expected", "received", "lost", "duplicates", "unreadable", "readers_closed")
+DELIVERY_FIGURES += ("rate", "p50_ms", "p99_ms", "max_ms")
+
+
+def delivery_figures(done: dict[str, Any]) -> dict[str, Any]:
+    """The `DELIVERY_FIGURES` of a load generator's "done" line."""
+    return {key: done[key] for key in DELIVERY_FIGURES}
+
+
 def call_figures(durations: list[float]) -> dict[str, float]:
     """p50 / p99 / max of sorted call durations (seconds), in ms, as ``call_p50_ms`` ...; NaN when empty."""
     if not durations:

@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from bench.common import Measurement, fmt, median, wait_connections
+from bench.common import Measurement, delivery_figures, fmt, median, wait_connections
 from bench.proc import rss_kib
 
 #: the servers of each scenario, in the order they run (``node`` only where it can run)
@@ -122,16 +122,7 @@ def measure(kind: str, scenario: str, plan: BroadcastPlan) -> dict[str, Any]:
         "kind": kind,
         "scenario": scenario,
         "server_connections": server_count,
-        "expected": done["expected"],
-        "received": done["received"],
-        "lost": done["lost"],
-        "duplicates": done["duplicates"],
-        "unreadable": done["unreadable"],
-        "rate": done["rate"],
-        "p50_ms": done["p50_ms"],
-        "p99_ms": done["p99_ms"],
-        "max_ms": done["max_ms"],
-        "readers_closed": done["readers_closed"],
+        **delivery_figures(done),
         "warmup_lost": ready["warmup_lost"],
         "broadcast_sent": after.get("broadcast_sent"),
         "broadcast_seconds": after.get("broadcast_seconds"),

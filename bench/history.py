@@ -39,7 +39,7 @@ from typing import Any
 
 from bench.channels import SIO_QUEUE, SioNode
 from bench.cluster import PRESENCE_URL, REDIS_URL, Child, Meter, Node, cleanup, pinned
-from bench.common import LOADGEN_CPU, SERVER_CPU, BenchError, fmt, median
+from bench.common import LOADGEN_CPU, SERVER_CPU, BenchError, delivery_figures, fmt, median
 
 NODE_APP = "bench.history_node:make_node()"
 PLAIN_CHANNEL = "bench:room"
@@ -275,16 +275,7 @@ def measure_publish(leg: str, shape: str, plan: HistoryPlan) -> dict[str, Any]:
             "members": [s.get("members") for s in before],
             "warmup_lost": ready["warmup_lost"],
             "count": count,
-            "expected": done["expected"],
-            "received": done["received"],
-            "lost": done["lost"],
-            "duplicates": done["duplicates"],
-            "unreadable": done["unreadable"],
-            "readers_closed": done["readers_closed"],
-            "rate": done["rate"],
-            "p50_ms": done["p50_ms"],
-            "p99_ms": done["p99_ms"],
-            "max_ms": done["max_ms"],
+            **delivery_figures(done),
             "a_p99_ms": on_a["p99_ms"],
             "b_p99_ms": on_b["p99_ms"],
             "server_cpu_us_per_pub": (cpu["A"] + cpu["B"]) / count * 1e6,

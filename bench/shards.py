@@ -52,7 +52,7 @@ from bench.cluster import (
     pinned,
 )
 from bench.cluster import anomalies as cluster_anomalies
-from bench.common import LOADGEN_CPU, SERVER_CPU, BenchError, fmt, median
+from bench.common import LOADGEN_CPU, SERVER_CPU, BenchError, delivery_figures, fmt, median
 from bench.proc import cpu_seconds
 from rtgevent.channels import channel_topic
 from rtgevent.payload import node_topic
@@ -344,16 +344,7 @@ def measure_channels(setup: str, url: str, plan: ShardsPlan, servers: list[Redis
             "published": published,
             "publish_errors": stats_a.get("publish_errors", {}),
             "publish_rate": published / seconds if seconds > 0 else math.nan,
-            "expected": done["expected"],
-            "received": done["received"],
-            "lost": done["lost"],
-            "duplicates": done["duplicates"],
-            "unreadable": done["unreadable"],
-            "readers_closed": done["readers_closed"],
-            "rate": done["rate"],
-            "p50_ms": done["p50_ms"],
-            "p99_ms": done["p99_ms"],
-            "max_ms": done["max_ms"],
+            **delivery_figures(done),
             "paced_expected": paced["expected"],
             "paced_lost": paced["lost"],
             "paced_p50_ms": paced["p50_ms"],
