@@ -1,6 +1,6 @@
 """RedisClusterBroker while the cluster changes under it: a slot moved, a master killed.
 
-A private cluster for this module (`start_cluster`, with a one-second node timeout so that
+A private cluster for this module (`breakable_cluster`, with a one-second node timeout so that
 a failover takes seconds, not the default fifteen), never the shared one: these tests
 break it.  Two brokers are two nodes of one deployment, both subscribed to topics on
 every shard; traffic goes on while the cluster changes, and what is checked is that the
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,23 +21,14 @@ import pytest
 
 from rtgevent.broker.redis_cluster import RedisClusterBroker
 from rtgevent.errors import BrokerUnavailable
-from tests.rediscluster import MASTERS, RedisCluster, start_cluster
+from tests.rediscluster import MASTERS, RECOVERY_BOUND, RedisCluster, breakable_cluster
 from tests.waiting import WAIT, wait_until
-
-#: the issue's bound on how long delivery through a failed-over slot may stay broken once
-#: the replica took over (the consumer's backoff caps at 5 s: this is generous)
-RECOVERY_BOUND = 10.0
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        pytest.skip("redis-server and redis-cli are needed for a Redis Cluster")
-    private = start_cluster(node_timeout=1000, replicated=True)
-    try:
+    with breakable_cluster() as private:
         yield private
-    finally:
-        private.stop()
 
 
 class Received:

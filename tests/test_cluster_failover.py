@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import signal
 import time
 import uuid
@@ -36,22 +35,14 @@ from rtgevent.retry import redis_cluster_client
 from rtgevent.types import SessionInfo
 from tests.clusterkit import Client
 from tests.procs import ServeProcess
-from tests.rediscluster import RedisCluster, start_cluster
+from tests.rediscluster import RECOVERY_BOUND, RedisCluster, breakable_cluster
 from tests.waiting import WAIT, wait_until
-
-#: the issue's bound on delivery through a failed-over slot, counted from the promotion
-RECOVERY_BOUND = 10.0
 
 
 @pytest.fixture(scope="module")
 def private() -> Iterator[RedisCluster]:
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        pytest.skip("redis-server and redis-cli are needed for a Redis Cluster")
-    cluster = start_cluster(node_timeout=1000, replicated=True)
-    try:
+    with breakable_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def _survivor(cluster: RedisCluster, *dead: int) -> int:
