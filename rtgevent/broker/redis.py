@@ -144,6 +144,16 @@ class RedisChannelBroker(ConsumerBroker):
 
     # ------------------------------------------------------------------ consuming: what both consumers do
 
+    def _restored(self) -> bool:
+        """After starting over: whether every wanted topic is confirmed again (then `_set_up`: its log line)."""
+        if self._dirty:
+            return False
+        with self._lock:
+            complete = set(self._handlers) <= self._bound
+        if complete:
+            self._set_up()
+        return complete
+
     def _deliver(self, message: dict[str, Any]) -> None:
         """A published message, as redis-py's ``handle_message`` gives it: to the topic's handlers."""
         self._count_message()
@@ -291,12 +301,8 @@ class RedisBroker(RedisChannelBroker):
             if self._dirty:
                 self._sync(pubsub, subscribed, unconfirmed, everything=everything)
                 everything = False
-            if restoring and not self._dirty:
-                with self._lock:
-                    complete = set(self._handlers) <= self._bound
-                if complete:
-                    restoring = False
-                    self._set_up()
+            if restoring and self._restored():
+                restoring = False
             now = time.monotonic()
             if ping_sent is not None and now - ping_sent > self._socket_timeout:
                 raise _ConnectionDead(f"no answer to PING within {self._socket_timeout:g} s")

@@ -282,12 +282,8 @@ class RedisClusterBroker(RedisChannelBroker):
             if self._dirty:
                 self._sync(shards, route, everything=everything)
                 everything = False
-            if restoring and not self._dirty:
-                with self._lock:
-                    complete = set(self._handlers) <= self._bound
-                if complete:
-                    restoring = False
-                    self._set_up()
+            if restoring and self._restored():
+                restoring = False
             self._check_health(shards)
             for shard in self._wait(shards):
                 self._drain(shard, shards, route)
