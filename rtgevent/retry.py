@@ -12,7 +12,9 @@ everywhere and a fix to the policy lands everywhere at once:
 * `sleep_backoff`: a backoff wait that a stop event or a "the server is back" flag ends early.
 * `redact_url`: the one text of a URL that may go into a log line or an error message.
 * `redis_client`: the one place that builds redis-py clients, with the timeouts and retry
-  settings every Redis room needs.
+  settings every Redis room needs; `redis_cluster_client` and `LazyCluster` (made at its
+  first call) the same for a Redis Cluster, whose ``redis+cluster://`` URL
+  `parse_cluster_url` reads.
 
 Low in the house: it imports nothing from rtgevent but the errors, and neither gevent nor
 redis at import time -- publishing must work in processes without gevent (the Emitter),
