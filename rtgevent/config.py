@@ -36,12 +36,15 @@ class Backpressure(enum.Enum):
 class Deflate:
     """permessage-deflate settings (RFC 7692): how much zlib memory a connection may take.
 
-    A connection that negotiated compression keeps a compressor and a decompressor for its
-    whole life (context takeover), and zlib sizes them by these settings.  With zlib's own
-    defaults (15-bit windows, ``memLevel`` 8) an idle connection that had carried a message
-    cost about 105 KiB more than one without compression; with these, the settings of
-    websockets' own servers (12-bit windows, ``memLevel`` 5), about 45 KiB (``python -m bench
-    idle --compression``).
+    By default the server compresses every message on its own (``server_no_context_takeover``,
+    as gorilla/websocket, hence Centrifugo, and uWebSockets' shared compressor do): its
+    compressor lives only while a message is compressed, so an idle connection holds none.
+    The client keeps its context unless ``client_no_context_takeover``: this server then keeps
+    a decompressor per connection, sized by ``client_max_window_bits``.  What an idle
+    connection that had carried a message cost more than one without compression (``python
+    -m bench idle --compression``): about 105 KiB with zlib's own settings (15-bit windows,
+    ``memLevel`` 8, both contexts kept), about 40-45 KiB with these windows and both
+    contexts kept, and about 11 KiB with these defaults (the decompressor alone).
 
     ``server_max_window_bits``: this server's LZ77 window, 9 to 15.  The 101 always names it
     (a client asking for less gets less), so the client's decompressor can be as small.
@@ -49,17 +52,29 @@ class Deflate:
     8 to 15; it sizes this server's decompressor.  None: do not ask.  A client that does not
     offer the parameter keeps 15, as RFC 7692 section 7.1.2.2 leaves it no other choice.
     ``memory_level``: zlib's ``memLevel``, 1 to 9: the compressor's hash table and buffers.
+    ``server_no_context_takeover``: compress each message on its own (True, the default) or
+    keep the compressor, and what it learnt of earlier messages, for the connection's life:
+    short messages that repeat keys compress better, at the compressor's memory per connection.
+    ``client_no_context_takeover``: ask the client to compress each message on its own too
+    (RFC 7692 lets the server ask even if the client did not offer it), so that no
+    decompressor is kept between messages either; off by default, since it costs the client's
+    messages their compression across messages.
     """
 
     server_max_window_bits: int = 12
     client_max_window_bits: int | None = 12
     memory_level: int = 5
+    server_no_context_takeover: bool = True
+    client_no_context_takeover: bool = False
 
     def __post_init__(self) -> None:
         # zlib cannot make a raw deflate stream with an 8-bit window (websockets refuses it too)
         _int_in(self.server_max_window_bits, "server_max_window_bits", 9, 15)
         if self.client_max_window_bits is not None:
             _int_in(self.client_max_window_bits, "client_max_window_bits", 8, 15)
+        for name in ("server_no_context_takeover", "client_no_context_takeover"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidOption("compression", f"{name} must be True or False, got {getattr(self, name)!r}")
         _int_in(self.memory_level, "memory_level", 1, 9)
 
     @classmethod
@@ -131,9 +146,9 @@ class Config:
     identity_history_ttl: float | None = None
     #: coalesce writes: the frames a burst queues for one socket within one pass of the hub
     #: leave together in one ``send``, waiting at most this long (seconds); the first frame
-    #: on an idle socket still leaves at once.  Trades latency for CPU (fanout 3.5x less CPU
-    #: per delivery, p99 about 2x at 0.005); 0 (the default): every frame leaves at once
-    write_delay: float = 0.0
+    #: on an idle socket still leaves at once, so a lone message is not delayed.  0: every
+    #: frame leaves with its own ``send`` (a third to a quarter of the fanout's throughput)
+    write_delay: float = 0.005
 
     def __post_init__(self) -> None:
         for name in _DURATIONS:

@@ -20,6 +20,8 @@ class Frame(NamedTuple):
     fin: bool
     opcode: int
     payload: bytes
+    #: the reserved bits (RSV1 is 4: a compressed message's first frame, RFC 7692)
+    rsv: int = 0
 
     @property
     def close_code(self) -> int | None:
@@ -135,7 +137,7 @@ class RawClient:
             n = struct.unpack("!Q", self._read_exact(8))[0]
         if b1 & 0x80:
             raise AssertionError("server frames must not be masked")
-        return Frame(bool(b0 & 0x80), b0 & 0x0F, self._read_exact(n))
+        return Frame(bool(b0 & 0x80), b0 & 0x0F, self._read_exact(n), (b0 >> 4) & 0x7)
 
     def recv_data(self, *, answer_pings: bool = True) -> Frame:
         """The next data or close frame (pings answered, pongs skipped)."""

@@ -88,6 +88,8 @@ def test_compression_takes_a_deflate_or_a_mapping_of_its_fields() -> None:
         {"memory_level": 0},
         {"memory_level": 10},
         {"memory_level": True},
+        {"server_no_context_takeover": 1},
+        {"client_no_context_takeover": "no"},
         {"level": 9},
     ],
 )

@@ -142,7 +142,10 @@ def test_deflate_offer_is_accepted_when_compression_is_on() -> None:
         environ(HTTP_SEC_WEBSOCKET_EXTENSIONS="permessage-deflate; client_max_window_bits"), compression=True
     )
     assert len(answer.extensions) == 1 and answer.extensions[0].name == "permessage-deflate"
-    assert answer.extensions_header == "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+    assert (
+        answer.extensions_header
+        == "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_max_window_bits=12"
+    )
 
 
 def test_deflate_offer_is_ignored_when_compression_is_off() -> None:
@@ -155,7 +158,7 @@ def test_first_acceptable_deflate_offer_wins() -> None:
     """Offers are tried in order; one whose parameters cannot be accepted is skipped (RFC 7692 5.1)."""
     offers = "permessage-deflate; server_max_window_bits=7, permessage-deflate; server_max_window_bits=10"
     answer = accepted(environ(HTTP_SEC_WEBSOCKET_EXTENSIONS=offers), compression=True)
-    assert answer.extensions_header == "permessage-deflate; server_max_window_bits=10"
+    assert answer.extensions_header == "permessage-deflate; server_no_context_takeover; server_max_window_bits=10"
     offers = "permessage-deflate; bogus=1, permessage-deflate; server_no_context_takeover"
     answer = accepted(environ(HTTP_SEC_WEBSOCKET_EXTENSIONS=offers), compression=True)
     assert answer.extensions_header == "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"
@@ -164,17 +167,25 @@ def test_first_acceptable_deflate_offer_wins() -> None:
 @pytest.mark.parametrize(
     ("offered", "answered", "windows"),
     [
-        ("permessage-deflate", "permessage-deflate; server_max_window_bits=12", (12, 15)),
-        ("permessage-deflate; server_max_window_bits=10", "permessage-deflate; server_max_window_bits=10", (10, 15)),
-        ("permessage-deflate; server_max_window_bits=15", "permessage-deflate; server_max_window_bits=12", (12, 15)),
+        ("permessage-deflate", "permessage-deflate; server_no_context_takeover; server_max_window_bits=12", (12, 15)),
+        (
+            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=10",
+            (10, 15),
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=15",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12",
+            (12, 15),
+        ),
         (
             "permessage-deflate; client_max_window_bits=9",
-            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=9",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_max_window_bits=9",
             (12, 9),
         ),
         (
             "permessage-deflate; client_max_window_bits=15",
-            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_max_window_bits=12",
             (12, 12),
         ),
     ],
@@ -196,9 +207,12 @@ def test_compression_settings_choose_the_windows_offered_in_the_101() -> None:
     """A `Deflate` (or a mapping of its fields) sets both windows; client None asks the client nothing."""
     offer = environ(HTTP_SEC_WEBSOCKET_EXTENSIONS="permessage-deflate; client_max_window_bits")
     wide = accepted(offer, compression=Deflate(server_max_window_bits=15, client_max_window_bits=None, memory_level=8))
-    assert wide.extensions_header == "permessage-deflate; server_max_window_bits=15"
+    assert wide.extensions_header == "permessage-deflate; server_no_context_takeover; server_max_window_bits=15"
     narrow = accepted(offer, compression={"server_max_window_bits": 9, "client_max_window_bits": 8})
-    assert narrow.extensions_header == "permessage-deflate; server_max_window_bits=9; client_max_window_bits=8"
+    assert (
+        narrow.extensions_header
+        == "permessage-deflate; server_no_context_takeover; server_max_window_bits=9; client_max_window_bits=8"
+    )
 
 
 @pytest.mark.parametrize(
@@ -219,7 +233,7 @@ def test_101_names_the_accept_key_and_the_negotiated_extension() -> None:
     )
     assert headers_101(plain) == [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", ACCEPT)]
     deflate = accepted(environ(HTTP_SEC_WEBSOCKET_EXTENSIONS="permessage-deflate"), compression=True)
-    named = "permessage-deflate; server_max_window_bits=12"
+    named = "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"
     assert b"\r\nSec-WebSocket-Extensions: " + named.encode() + b"\r\n\r\n" in response_101(deflate)
     assert headers_101(deflate)[-1] == ("Sec-WebSocket-Extensions", named)
 

@@ -1,6 +1,6 @@
 """Writes coalesced within one pass of the hub (``Config.write_delay``): frames a burst queues
 for one socket go out together when the hub turns; a lone frame on an idle socket leaves at once.
-Without ``write_delay`` every frame leaves at once (the last test)."""
+With ``write_delay=0`` every frame leaves at once (the last test)."""
 
 from __future__ import annotations
 
@@ -219,8 +219,8 @@ def test_corked_frames_leave_when_every_greenlet_then_waits(serve_local) -> None
 
 
 def test_without_write_delay_every_frame_leaves_at_once(serve_local) -> None:
-    """The default: nothing is corked, each frame is in the client's kernel as it is sent."""
-    server = serve_local()
+    """``write_delay=0``: nothing is corked, each frame is in the client's kernel as it is sent."""
+    server = serve_local(write_delay=0)
     rt: Realtime = server.app.rt
     client = _ready(server)
     seen: list[bytes] = []

@@ -16,10 +16,10 @@ only moves bytes between it and the socket, with three kinds of work:
   sends it, with one non-blocking ``send``: a broadcast to a thousand sessions costs a
   thousand system calls and no greenlet.  Frames that follow it before the hub turns (the
   next broadcasts of a burst) are *corked*: kept in order and written together with one
-  ``send`` when the hub turns (`_Turns`: one libev ``check`` watcher per hub, run once per
-  loop iteration, after the callbacks), or as soon as they add up to `CORK_BYTES` or have
-  waited the connection's ``write_delay`` (``Config.write_delay``; 0, the default, corks
-  nothing: every frame leaves at once, as before); a lone frame still leaves at once, and corked frames come before
+  ``send`` when the hub turns (`_Turns`: libev's count of loop iterations tells a pass from
+  the next, and a ``check`` watcher runs after the next poll), or as soon as they add up to
+  `CORK_BYTES` or have waited the connection's ``write_delay`` (``Config.write_delay``,
+  5 ms by default; 0 corks nothing); a lone frame still leaves at once, and corked frames come before
   anything a writer writes (it takes them first).  Only what the kernel does not take, and
   sends to a connection that is already busy, go through the outbox; the reader drains it
   inline (replies need no extra greenlet), a send from anywhere else spawns a short-lived
@@ -48,6 +48,7 @@ import math
 import socket
 import ssl
 import weakref
+import zlib
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
@@ -57,6 +58,7 @@ from gevent import Greenlet, Timeout, getcurrent
 from gevent.event import Event
 from websockets.exceptions import InvalidState, PayloadTooBig, ProtocolError
 from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import CLOSED, OPEN, SEND_EOF
 
@@ -67,7 +69,7 @@ from ..outbox import Outbox, Verdict
 from ..stats import Stats
 from ..types import Initiator
 from .assembler import Assembler
-from .frames import OutItem, encode_frame
+from .frames import DeflateFrames, OutItem, deflater, encode_frame
 from .protocol import ServerProtocol
 
 __all__ = ["Connection"]
@@ -83,9 +85,9 @@ _INLINE_BUDGET = 32
 _YIELD_EVERY = 64
 #: corked frames are written at once when they add up to this many bytes (see the module docstring)
 CORK_BYTES = 32 * 1024
-#: ... or when the hub has not turned this long after the first of them: gevent runs callbacks in
-#: batches of 50 before it looks at the clock, so a pass of back-to-back broadcasts that yield with
-#: ``sleep(0)`` can last 50 broadcasts; corked frames wait at most this long (plus the write-out)
+#: (... or when the hub has not turned ``write_delay`` after the first of them: gevent runs
+#: callbacks in batches of 50 before it looks at the clock, so a pass of back-to-back broadcasts
+#: that yield with ``sleep(0)`` can last 50 broadcasts.)
 
 
 _FAILING = frozenset({Initiator.HEARTBEAT, Initiator.BACKPRESSURE, Initiator.ERROR})
@@ -114,42 +116,40 @@ def _nothing() -> None:
 
 
 class _Turns:
-    """One per hub: counts the loop's turns and writes out the corked connections at each.
+    """One per hub: writes out the corked connections when the hub turns.
 
-    A libev ``check`` watcher runs once per loop iteration, after the poll and before the
-    iteration's I/O and timer callbacks, so everything between two of its runs (gevent's
-    callbacks, which run in batches of up to one switch interval, and the greenlets they
-    wake) is one pass of the hub.  It is active only from a direct send until the turn after
-    the last corked frame; an ``idle`` watcher keeps the loop from blocking in its poll while
-    frames are corked.
+    A pass of the hub is everything between two polls: gevent's callbacks (run in batches of
+    up to one switch interval) and the greenlets they and the last poll's I/O wake.  libev
+    counts its iterations (``loop.iteration``, read for free), so a direct send only notes
+    the count; nothing is started for a lone frame.  Once a frame is corked, a ``check``
+    watcher (run after the next poll) writes out every corked connection, and an ``idle``
+    watcher keeps that poll from blocking.
     """
 
-    __slots__ = ("_check", "_corked", "_delay", "_idle", "armed", "deadline", "turn")
+    __slots__ = ("_check", "_corked", "_delay", "_idle", "_loop", "deadline")
 
     def __init__(self, loop: Any) -> None:
+        self._loop = loop
         self._check = loop.check()
         self._idle = loop.idle()
         self._corked: list[Connection] = []
-        self.armed = False
         #: when the corked frames must leave even if the hub has not turned (``write_delay``)
         self.deadline = math.inf
         self._delay = 0.0
-        #: how many times the hub turned while a connection was watching
-        self.turn = 0
 
-    def arm(self) -> None:
-        """A frame left at once: the turn after it must be counted."""
-        self.armed = True
-        self._check.start(self._turned)
+    @property
+    def turn(self) -> int:
+        """Which pass of the hub this is."""
+        turn: int = self._loop.iteration
+        return turn
 
     def cork(self, connection: Connection) -> None:
         """``connection`` holds corked frames: write them out at the next turn."""
         if not self._corked:
             self._idle.start(_nothing)
+            self._check.start(self._turned)
             self._delay = connection._write_delay
             self.deadline = monotonic() + self._delay
-        if not self.armed:
-            self.arm()
         self._corked.append(connection)
 
     def flush(self) -> None:
@@ -160,7 +160,6 @@ class _Turns:
 
     def _turned(self) -> None:
         # Runs in the hub: only non-blocking sends.
-        self.turn += 1
         self.deadline = math.inf
         corked, self._corked = self._corked, []
         for connection in corked:
@@ -171,17 +170,34 @@ class _Turns:
                 connection._abort(exc)
         self._idle.stop()
         self._check.stop()
-        self.armed = False
 
 
 _turns: weakref.WeakKeyDictionary[Any, _Turns] = weakref.WeakKeyDictionary()
 
 
-def _turns_of(hub: Any) -> _Turns:
+def _turns_of(hub: Any) -> _Turns | None:
+    """The hub's `_Turns`; None on a loop that does not count its iterations (no corking)."""
+    if not hasattr(hub.loop, "iteration"):
+        return None
     turns = _turns.get(hub)
     if turns is None:
         turns = _turns[hub] = _Turns(hub.loop)
     return turns
+
+
+def _shared_deflate(extensions: list[Extension]) -> DeflateFrames | None:
+    """The shared compressor of a connection whose only extension is permessage-deflate
+    without server context takeover; None when its protocol must frame data itself."""
+    if len(extensions) != 1:
+        return None
+    ext = extensions[0]
+    if not isinstance(ext, PerMessageDeflate) or not ext.local_no_context_takeover:
+        return None
+    settings = dict(ext.compress_settings)
+    memory_level = settings.pop("memLevel", zlib.DEF_MEM_LEVEL)
+    if settings:  # a compression level or strategy of its own: leave it to the protocol
+        return None
+    return deflater(ext.local_max_window_bits, memory_level)
 
 
 class Connection:
@@ -194,6 +210,7 @@ class Connection:
         "_closing",
         "_cork",
         "_cork_bytes",
+        "_deflate",
         "_done",
         "_fast_send",
         "_hb_timer",
@@ -249,6 +266,8 @@ class Connection:
         protocol.extensions = list(extensions)
         self._protocol = protocol
         self.extensions = bool(extensions)
+        #: messages compressed each on its own: framed here, shared by a broadcast's sessions
+        self._deflate = _shared_deflate(extensions)
         self._write_timeout = write_timeout
         self._heartbeat_interval = heartbeat_interval
         self._pong_timeout = pong_timeout
@@ -280,7 +299,7 @@ class Connection:
         self._done = False
         hub = gevent.get_hub()
         self._loop = hub.loop
-        self._turns = _turns_of(hub)
+        self._turns = _turns_of(hub) if write_delay else None
         self._on_message: Callable[[str | bytes], None] | None = None
         #: the exception that ended the connection abnormally, if any
         self.failure: BaseException | None = None
@@ -301,6 +320,8 @@ class Connection:
         """Prepare ``payload`` for this connection's outbox."""
         if not self.extensions:
             return encode_frame(payload)
+        if self._deflate is not None:
+            return self._deflate.frame(payload)
         if isinstance(payload, str):
             return (True, payload.encode())
         return (False, payload)
@@ -325,11 +346,11 @@ class Connection:
             and not self._protocol.writes
             and self._protocol.state is OPEN
         ):
-            if not self._write_delay:
+            turns = self._turns
+            if turns is None:
                 self._send_now(item)  # no coalescing (Config.write_delay 0): every frame at once
                 return
             cork = self._cork
-            turns = self._turns
             if cork is not None:
                 cork.append(item)
                 self._cork_bytes += len(item)
@@ -348,8 +369,6 @@ class Connection:
                 return
             self._send_now(item)
             self._sent_in = turns.turn
-            if not turns.armed:
-                turns.arm()
             return
         if getcurrent() is self._reader and outbox.full():
             self._wait_for_room()

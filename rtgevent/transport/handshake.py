@@ -122,6 +122,8 @@ def _factory(settings: Deflate) -> ServerPerMessageDeflateFactory:
     decompressor to it.
     """
     return ServerPerMessageDeflateFactory(
+        server_no_context_takeover=settings.server_no_context_takeover,
+        client_no_context_takeover=settings.client_no_context_takeover,
         server_max_window_bits=settings.server_max_window_bits,
         client_max_window_bits=settings.client_max_window_bits,
         compress_settings={"memLevel": settings.memory_level},
