@@ -1,5 +1,5 @@
-"""``python -m bench [idle] [echo] [fanout] [slow] [cluster] [emitter] [channels] [churn] [history] [scale]
-[shards] [--quick] [--runs N] [--connections N] [--json PATH]``: the table.
+"""``python -m bench [idle] [echo] [fanout] [fanout-node] [slow] [cluster] [emitter] [channels] [churn] [history]
+[scale] [shards] [--quick] [--runs N] [--connections N] [--json PATH]``: the table.
 
 For every measurement a fresh server process (``taskset -c 0``) and a fresh load generator
 (``taskset -c 1``) are started, driven phase by phase over the load generator's stdin and
@@ -47,6 +47,7 @@ SCENARIOS = (
     "idle",
     "echo",
     "fanout",
+    "fanout-node",
     "slow",
     "cluster",
     "emitter",
@@ -58,7 +59,7 @@ SCENARIOS = (
 )
 #: what runs when no scenario is named (cluster, emitter, channels and churn need Redis and RabbitMQ, history
 #: Redis; scale takes minutes per run and a quiet machine; shards starts a Redis Cluster)
-DEFAULT_SCENARIOS = ("idle", "echo", "fanout", "slow")
+DEFAULT_SCENARIOS = ("idle", "echo", "fanout", "fanout-node", "slow")
 LABELS = {"rtgevent-bare": "rtgevent bare", "rtgevent-full": "rtgevent full", "socketio": "Flask-SocketIO"}
 IDLE_LABELS = {"rtgevent-full": "rtgevent", "reference": "reference", "socketio": "Flask-SocketIO"}
 KIB = 1024
@@ -421,19 +422,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     bplans = {
         "fanout": fo.FANOUT_QUICK if args.quick else fo.FANOUT_FULL,
+        "fanout-node": fo.FANOUT_QUICK if args.quick else fo.FANOUT_FULL,
         "slow": fo.SLOW_QUICK if args.quick else fo.SLOW_FULL,
     }
     raise_nofile(1024)
 
     source = source_state()
     # asked once, before the first run: it may have to install ws (npm ci)
-    node_missing = nodejs.unavailable() if "fanout" in scenarios else None
+    node_missing = nodejs.unavailable() if {"fanout", "fanout-node"} & set(scenarios) else None
     if node_missing:
         print(node_missing, file=sys.stderr, flush=True)
     idle: list[dict[str, Any]] = []
     echo: list[dict[str, Any]] = []
     multi: dict[str, list[dict[str, Any]]] = {"cluster": [], "emitter": []}
-    broadcasts: dict[str, list[dict[str, Any]]] = {"fanout": [], "slow": []}
+    broadcasts: dict[str, list[dict[str, Any]]] = {"fanout": [], "fanout-node": [], "slow": []}
     rooms: dict[str, list[dict[str, Any]]] = {"channels": [], "churn": []}
     history: list[dict[str, Any]] = []
     scaled: list[dict[str, Any]] = []
@@ -551,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     if after != source:
         source = f"{source} at the start, {after} at the end"
     conds = conditions(args.runs, args.quick, source)
-    if any(r["kind"] == "node" for r in broadcasts["fanout"]):
+    if any(r["kind"] == "node" for r in broadcasts["fanout"] + broadcasts["fanout-node"]):
         conds.append(nodejs.versions() + " (bench/node/server.js, pinned like the other servers)")
     if multi["cluster"] or multi["emitter"]:
         conds.append(cl.conditions(cplan))
@@ -588,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             out += [fo.heading(scenario, bplans[scenario]), ""]
             out += [*fo.table(scenario, results), ""]
             out += [*fo.targets(scenario, results, bplans[scenario]), ""]
-            if scenario == "fanout" and node_missing:
+            if scenario in fo.FANOUTS and node_missing:
                 out += [node_missing, ""]
     if multi["cluster"]:
         out += [cl.heading("cluster", cplan), ""]
@@ -615,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         *idle,
         *echo,
         *broadcasts["fanout"],
+        *broadcasts["fanout-node"],
         *broadcasts["slow"],
         *multi["cluster"],
         *multi["emitter"],
@@ -638,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     notes = (
         anomalies(idle, echo)
-        + fo.anomalies([*broadcasts["fanout"], *broadcasts["slow"]], bplans)
+        + fo.anomalies([r for results in broadcasts.values() for r in results], bplans)
         + cl.anomalies([*multi["cluster"], *multi["emitter"]])
         + ch.anomalies(rooms["channels"], rooms["churn"], chuplan)
         + hi.anomalies(

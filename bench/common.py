@@ -192,10 +192,13 @@ class Measurement:
         loadgen_args: Sequence[str],
         loadgen_module: str = "bench.loadgen",
         server_args: Sequence[str] = (),
+        loadgen_command: Sequence[str] | None = None,
     ) -> None:
+        """``loadgen_command``: the load generator's command before its arguments, instead of
+        ``python -m loadgen_module`` (the Node receiver); it is pinned to `LOADGEN_CPU` alike."""
         self.kind = kind
         self.loadgen_args = list(loadgen_args)
-        self.loadgen_module = loadgen_module
+        self.loadgen_command = list(loadgen_command or (sys.executable, "-m", loadgen_module))
         self.server_args = list(server_args)
         self.server: subprocess.Popen[bytes] | None = None
         self.loadgen: subprocess.Popen[bytes] | None = None
@@ -223,9 +226,7 @@ class Measurement:
                     "taskset",
                     "-c",
                     LOADGEN_CPU,
-                    sys.executable,
-                    "-m",
-                    self.loadgen_module,
+                    *self.loadgen_command,
                     self.kind,
                     "--port",
                     str(self.port),

@@ -17,6 +17,11 @@ Both run rtgevent (``rtgevent-full``: ``rt.broadcast`` with the JSON codec) and 
 minimal gevent + websockets sans-I/O server (`bench.reference`) and, where Node is available,
 a Node ``ws`` server (``bench/node/server.js``), both sending rtgevent's envelope, so the
 ratios to them are measured side by side rather than remembered from another day.
+
+``fanout-node`` is ``fanout`` again with the Node ``ws`` load generator (``bench/node/receiver.js``)
+instead of the Python one: it reads every connection the moment data arrives, at less CPU per
+delivery, so a fast server is not measured at its client's pace.  Its table carries the issue's
+goals: deliveries/s >= 0.9x the reference's and >= 2.5x Node ws's, p99 no worse than the reference's.
 """
 
 from __future__ import annotations
@@ -26,11 +31,16 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from bench import nodejs
 from bench.common import Measurement, delivery_figures, fmt, median, wait_connections
 from bench.proc import rss_kib
 
-#: the servers of each scenario, in the order they run (``node`` only where it can run)
-KINDS = {"fanout": ("rtgevent-full", "reference", "socketio", "node"), "slow": ("rtgevent-full", "socketio")}
+_FANOUT_KINDS = ("rtgevent-full", "reference", "socketio", "node")
+#: the servers of each scenario, in the order they run (``node`` only where it can run; ``fanout-node``
+#: only where Node can run, since its load generator is Node's)
+KINDS = {"fanout": _FANOUT_KINDS, "fanout-node": _FANOUT_KINDS, "slow": ("rtgevent-full", "socketio")}
+#: the scenarios that broadcast back to back to 1,000 clients (the others' figures are ``slow``'s)
+FANOUTS = frozenset({"fanout", "fanout-node"})
 LABELS = {"rtgevent-full": "rtgevent", "reference": "reference", "socketio": "Flask-SocketIO", "node": "Node ws"}
 KIB = 1024
 #: the readers of ``slow`` keep up when none is lost and p99 stays under this
@@ -39,6 +49,9 @@ KEEP_UP_P99_MS = 100.0
 GOAL_CPU_RATIO = 0.5
 GOAL_P99_RATIO = 0.25
 GOAL_RSS_GROWTH_MIB = 12.0
+#: issue 16's goals for ``fanout-node``: deliveries/s as ratios to the reference and to Node ws
+GOAL_RATE_VS_REFERENCE = 0.9
+GOAL_RATE_VS_NODE = 2.5
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,8 @@ class PeakRss:
 
 
 def measure(kind: str, scenario: str, plan: BroadcastPlan) -> dict[str, Any]:
-    with Measurement(kind, plan.args(), loadgen_module="bench.receiver") as m:
+    command = nodejs.receiver_command() if scenario == "fanout-node" else None
+    with Measurement(kind, plan.args(), loadgen_module="bench.receiver", loadgen_command=command) as m:
         ready = m.events.event("ready", 300)
         server_count = wait_connections(m, plan.clients + plan.slow, 10)
         cpu0, rss0, _ = m.sample()
@@ -198,7 +212,9 @@ COUNTS = frozenset({"received", "lost", "server_closes_n", "slow_closed_n"})
 
 
 def kinds(scenario: str, node: bool) -> tuple[str, ...]:
-    """The servers ``scenario`` measures; ``node``: whether the Node server can run."""
+    """The servers ``scenario`` measures; ``node``: whether Node (server and load generator) can run."""
+    if scenario == "fanout-node" and not node:
+        return ()
     return tuple(k for k in KINDS[scenario] if node or k != "node")
 
 
@@ -208,7 +224,7 @@ def table(scenario: str, results: list[dict[str, Any]]) -> list[str]:
     others = [k for k in present if k != "rtgevent-full"]
     head = [LABELS[k] for k in present] + [f"rtgevent / {LABELS[k]}" for k in others]
     lines = ["| figure | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(head)]
-    for key, label in FANOUT_FIGURES if scenario == "fanout" else SLOW_FIGURES:
+    for key, label in FANOUT_FIGURES if scenario in FANOUTS else SLOW_FIGURES:
         values = {k: _median(results, k, key) for k in present}
         if key in COUNTS:
             cells = [f"{values[k]:,.0f}" if math.isfinite(values[k]) else "n/a" for k in present] + [""] * len(others)
@@ -231,6 +247,12 @@ def how_closed(results: list[dict[str, Any]], kind: str) -> str:
 
 
 def heading(scenario: str, plan: BroadcastPlan) -> str:
+    if scenario == "fanout-node":
+        return (
+            f"Fanout with the Node ws load generator: {plan.clients:,} clients, the server broadcasts {plan.count} "
+            f"messages of {plan.size} B back to back (goals: deliveries/s >= {GOAL_RATE_VS_REFERENCE:g}x the "
+            f"reference's and >= {GOAL_RATE_VS_NODE:g}x Node ws's, p99 no worse than the reference's)"
+        )
     if scenario == "fanout":
         return (
             f"Fanout: {plan.clients:,} clients, the server broadcasts {plan.count} messages of {plan.size} B back to "
@@ -252,6 +274,8 @@ def targets(scenario: str, results: list[dict[str, Any]], plan: BroadcastPlan) -
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
+    if scenario == "fanout-node":
+        return _ceiling_targets(results, rt)
     if scenario == "fanout":
         lines = []
         for key, label, goal in (
@@ -291,6 +315,31 @@ def targets(scenario: str, results: list[dict[str, Any]], plan: BroadcastPlan) -
     ]
 
 
+def _ceiling_targets(results: list[dict[str, Any]], rt: dict[str, float]) -> list[str]:
+    """Issue 16's fanout goals: rtgevent against the gevent ceiling and against Node ws."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lines = []
+    reference = {key: _median(results, "reference", key) for key in ("rate", "p99_ms")}
+    node_rate = _median(results, "node", "rate")
+    for label, other, goal in (
+        ("the reference's", reference["rate"], GOAL_RATE_VS_REFERENCE),
+        ("Node ws's", node_rate, GOAL_RATE_VS_NODE),
+    ):
+        if math.isfinite(other) and other > 0:
+            value = rt["rate"] / other
+            lines.append(f"Target fanout deliveries/s >= {goal:g}x {label}: {value:.2f}x: {verdict(value >= goal)}")
+    if math.isfinite(reference["p99_ms"]):
+        ok = rt["p99_ms"] <= reference["p99_ms"]
+        lines.append(
+            f"Target fanout p99 no worse than the reference's: {fmt(rt['p99_ms'])} vs {fmt(reference['p99_ms'])} ms: "
+            f"{verdict(ok)}"
+        )
+    return lines
+
+
 def anomalies(results: list[dict[str, Any]], plans: dict[str, BroadcastPlan]) -> list[str]:
     notes: list[str] = []
     for r in results:
@@ -302,7 +351,7 @@ def anomalies(results: list[dict[str, Any]], plans: dict[str, BroadcastPlan]) ->
             notes.append(f"{where}: {r['warmup_lost']} warm-up deliveries lost")
         if r["broadcast_sent"] != plan.count:
             notes.append(f"{where}: the server broadcast {r['broadcast_sent']} of {plan.count} messages")
-        if r["scenario"] == "fanout" and r["lost"]:
+        if r["scenario"] in FANOUTS and r["lost"]:
             notes.append(f"{where}: {r['lost']} of {r['expected']} deliveries lost")
         if r["duplicates"] or r["unreadable"]:
             notes.append(f"{where}: {r['duplicates']} duplicates, {r['unreadable']} frames without a stamp")

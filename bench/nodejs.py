@@ -1,4 +1,5 @@
-"""The Node ``ws`` server of the comparison (``bench/node/``): whether it can run, its install, its command.
+"""The Node ``ws`` server and load generator of the comparison (``bench/node/``): whether they can
+run, their install, their commands.
 
 ``ws`` is pinned by ``bench/node/package-lock.json`` and installed into
 ``bench/node/node_modules`` with ``npm ci`` the first time a scenario needs it, so a checkout
@@ -45,6 +46,11 @@ def unavailable() -> str | None:
 def server_command() -> list[str]:
     """The Node server, without CPU pinning: ``READY <port>`` on stdout, like `bench.servers`."""
     return [shutil.which("node") or "node", str(NODE_DIR / "server.js"), "--port", "0"]
+
+
+def receiver_command() -> list[str]:
+    """The Node load generator of ``fanout-node`` (``bench/node/receiver.js``), before its arguments."""
+    return [shutil.which("node") or "node", str(NODE_DIR / "receiver.js")]
 
 
 def versions() -> str:
