@@ -5,12 +5,14 @@
 the reader relies on that to keep a healthy session open whatever a client sends.
 
 Nesting is bounded: a JSON frame whose arrays and objects nest deeper than `MAX_DEPTH`
-(128 levels, the envelope object counting as one) is refused with `BadMessage` before
-any parser sees it.  The bound is read from the text alone, so the same frame is
-refused whichever greenlet decodes it, however deep its stack already is; and whatever
-is accepted stays well inside what recursive code can walk: the stdlib parser, the
-handlers, and orjson's encoder (which stops at 254 levels), so an echoed value always
-encodes back the fast way.
+(128 levels, the envelope object counting as one) is refused with `BadMessage`.  orjson,
+which bounds its own recursion (1,024 levels) off the Python stack, parses first, and
+what it gave is walked at most one level past the bound; the stdlib parser, which
+recurses on the Python stack, sees only text whose brackets were bounded first.  So the
+same frame is refused whichever greenlet decodes it, however deep its stack already is;
+and whatever is accepted stays well inside what recursive code can walk: the handlers
+and orjson's encoder (which stops at 254 levels), so an echoed value always encodes back
+the fast way.
 """
 
 from __future__ import annotations
@@ -84,24 +86,39 @@ _decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_flo
 _BEYOND_64_BITS = float(1 << 63)
 
 
-def _inexact(value: Any) -> bool:
-    """True if orjson may have turned an integer past 64 bits into a float somewhere in ``value``."""
+#: what `_inspect` finds in a parsed value
+_FINE, _INEXACT, _TOO_DEEP = 0, 1, 2
+
+
+def _inspect(value: Any, depth: int = 1) -> int:
+    """Whether a value orjson parsed nests deeper than `MAX_DEPTH` (``value`` at ``depth``),
+    or may hold an integer past 64 bits that orjson turned into a float; `_FINE` otherwise.
+
+    A walk over the containers alone, so a long string costs nothing (a count of the
+    frame's brackets cost more than the parse: 10 µs for 16 KiB); it stops one level past
+    the bound, so it never recurses deeper than that.
+    """
     kind = type(value)
     if kind is dict:
         items: Any = value.values()
     elif kind is list:
         items = value
     elif kind is float:
-        return bool(value.is_integer() and abs(value) >= _BEYOND_64_BITS)
+        return _INEXACT if value.is_integer() and abs(value) >= _BEYOND_64_BITS else _FINE
     else:
-        return False
+        return _FINE
+    if depth > MAX_DEPTH:
+        return _TOO_DEEP
+    found = _FINE
     for item in items:
         kind = type(item)
         if kind is str or kind is int or kind is bool or item is None:
             continue  # the common leaves, without a call
-        if _inexact(item):
-            return True
-    return False
+        verdict = _inspect(item, depth + 1)
+        if verdict == _TOO_DEEP:
+            return _TOO_DEEP
+        found |= verdict
+    return found
 
 
 #: outside strings, openers become 1 and closers 255; every other byte is deleted
@@ -150,18 +167,22 @@ def _loads(frame: str) -> Any:
 
     orjson refuses lone-surrogate escapes, NaN and 1e400, and reads integers past 64 bits
     as floats: the first three fall back to the stdlib parser (which accepts surrogates
-    and refuses the rest), the last is detected and re-parsed exactly.  Both parsers (and
-    `_inexact`) recurse, so the nesting is bounded first (`MAX_DEPTH`).
+    and refuses the rest), the last is detected and re-parsed exactly.  orjson bounds its
+    own recursion (1,024 levels), so it parses first and `_inspect` bounds what it gave;
+    the stdlib parser recurses on the Python stack, so its text is bounded first (`_too_deep`).
     """
+    try:
+        value = orjson.loads(frame)  # safe at any depth: orjson stops at 1,024 levels by itself
+    except orjson.JSONDecodeError:
+        pass  # perhaps too deep for orjson: the stdlib decides below, once the text is bounded
+    else:
+        verdict = _inspect(value)
+        if verdict == _FINE:
+            return value
+        if verdict == _TOO_DEEP:
+            raise BadMessage(f"JSON nested deeper than {MAX_DEPTH} levels")
     if _too_deep(frame):
         raise BadMessage(f"JSON nested deeper than {MAX_DEPTH} levels")
-    try:
-        value = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        value = None
-    else:
-        if not _inexact(value):
-            return value
     try:
         return _decoder.decode(frame)
     except (ValueError, RecursionError) as exc:
