@@ -711,8 +711,9 @@ class Connection:
         ):
             return False
         self._ping_seq += 1
-        protocol.send_ping(self._ping_seq.to_bytes(4, "big"))
-        data = b"".join(protocol.data_to_send())
+        # the frame itself (FIN + ping, 4 bytes of payload, unmasked): websockets' send_ping
+        # keeps no state for a ping, and its framing cost a third of the timer's work
+        data = b"\x89\x04" + self._ping_seq.to_bytes(4, "big")
         try:
             sent = self._send_nowait(data)
         except OSError as exc:
@@ -746,13 +747,25 @@ class Connection:
             self._run_app(on_open)
             if pending:
                 self._feed(pending)
+            # After a short read the socket is most likely empty: wait until it is readable
+            # before the next recv, rather than let recv fail with EAGAIN first (a system call
+            # and an exception for every pong).  gevent's own wait on the socket's own read
+            # watcher, so that closing the socket still wakes this greenlet; TLS sockets may
+            # hold decrypted bytes the file descriptor does not show, so they read first.
+            wait = getattr(sock, "_wait", None) if self._fast_send else None
+            drained = False
             while protocol.state is not CLOSED:
                 try:
+                    if drained and wait is not None:
+                        event = getattr(sock, "_read_event", None)  # None once closed: recv says so
+                        if event is not None:
+                            wait(event)
                     data = sock.recv(_RECV_SIZE)
                 except OSError as exc:
                     if self.failure is None and self._closing is None:
                         self.failure = exc
                     break
+                drained = len(data) < _RECV_SIZE
                 self._feed(data)
                 if not data:
                     break  # EOF: nothing more will come, whatever the protocol thinks
@@ -761,6 +774,9 @@ class Connection:
 
     def _feed(self, data: bytes) -> None:
         protocol = self._protocol
+        if data and protocol.lone_pong(data):
+            self._got_pong()  # the heartbeat's answer, and nothing else in this read
+            return
         if data:
             protocol.receive_data(data)
         else:

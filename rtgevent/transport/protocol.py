@@ -14,6 +14,9 @@ control frames, the close handshake, the size limit at the frame header) is webs
   7.1.7), the events before it are handed out as usual, and the connection fails only when
   its owner calls `fail_held` after handling them, so the replies go out first (Autobahn
   3.2 to 3.4, 4.1.3 to 4.1.5, 4.2.3 to 4.2.5, 5.15).
+* **A pong alone skips the parser** (`lone_pong`): the one frame an idle connection
+  receives every heartbeat is recognised from its two header bytes when the parser waits
+  between frames.
 * **A text frame still arriving can be checked.**  websockets hands out a frame only once
   all of its payload is there; `arriving_payload` gives the payload bytes of a data frame
   received so far, unmasked, so that invalid UTF-8 fails the connection at the first bad
@@ -30,9 +33,16 @@ from typing import Any
 
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import OPEN, Protocol, Side
+from websockets.streams import StreamReader
 from websockets.utils import apply_mask
 
 __all__ = ["ServerProtocol"]
+
+#: where websockets' parser waits between two frames (`Protocol.parse` in ``reader.at_eof()``)
+_PARSE = Protocol.parse.__code__
+_AT_EOF = StreamReader.at_eof.__code__
+#: FIN + opcode 0xA: the first byte of an unfragmented pong
+_PONG = 0x8A
 
 
 class ServerProtocol(Protocol):
@@ -77,6 +87,25 @@ class ServerProtocol(Protocol):
         if frame.opcode is Opcode.CLOSE and self.current_size is not None:
             self.current_size = None  # the close ends the unfinished message: echoed, not an error
         super().recv_frame(frame)
+
+    def lone_pong(self, data: bytes) -> bool:
+        """True when ``data`` is exactly one whole, masked pong, arriving between two frames
+        of an open connection: nothing for websockets to do (a pong changes none of its
+        state), so the caller counts the pong itself and the parser is not run.
+
+        A pong every heartbeat is most of what an idle connection receives, and websockets'
+        generator-based parser cost more than the rest of the ping's round trip.  Anything
+        else, a pong in the same read as other bytes included, goes to the parser as usual.
+        """
+        if len(data) < 6 or data[0] != _PONG or not data[1] & 0x80 or len(data) != (data[1] & 0x7F) + 6:
+            return False  # also refuses extended lengths: 126 and 127 would need more header bytes
+        if self.state is not OPEN or self.reader.buffer or self.held is not None:
+            return False
+        parser = self.parser
+        if getattr(parser, "gi_code", None) is not _PARSE:
+            return False
+        waiting = getattr(parser, "gi_yieldfrom", None)
+        return getattr(waiting, "gi_code", None) is _AT_EOF
 
     def arriving_payload(self) -> tuple[Opcode, bool, bytes] | None:
         """Of an uncompressed data frame whose payload is still arriving: its opcode, whether
