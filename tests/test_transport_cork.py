@@ -5,6 +5,7 @@ With ``write_delay=0`` every frame leaves at once (the last test)."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -134,27 +135,32 @@ def test_corked_frames_precede_a_ping(serve_local) -> None:
     server = serve_local(heartbeat_interval=0.05, pong_timeout=5.0)
     rt: Realtime = server.app.rt
     client = _ready(server)
-    count = 3000
+    pinged = threading.Event()
 
-    def bursts() -> None:
-        for i in range(count):
+    def bursts() -> int:
+        """Bursts until a ping came (bounded), then an end marker; how many were sent."""
+        for i in range(200_000):
             rt.broadcast("bench", str(i))
             if i % 50 == 49:
-                gevent.sleep(0.001)  # let the heartbeat timer fire between bursts
+                if pinged.is_set():
+                    rt.broadcast("bench", "end")
+                    return i + 1
+                gevent.sleep(0.001)  # let the heartbeat's deadline come between bursts
+        raise AssertionError("no ping within 200,000 broadcasts")
 
     g = gevent.spawn(bursts)
     got: list[bytes] = []
-    pings = 0
-    while len(got) < count:
+    while True:
         f = client.recv_frame()
         if f.opcode == rawws.PING:
-            pings += 1
+            pinged.set()
             client.send(rawws.frame(rawws.PONG, f.payload))
+        elif f.payload == b"end":
+            break
         else:
             got.append(f.payload)
-    g.get(timeout=WAIT)
-    assert got == [str(i).encode() for i in range(count)]
-    assert pings >= 1
+    sent = g.get(timeout=WAIT)
+    assert got == [str(i).encode() for i in range(sent)]
     assert server.control("disconnects") == []
     client.close()
 

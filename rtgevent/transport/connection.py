@@ -25,9 +25,10 @@ only moves bytes between it and the socket, with three kinds of work:
   inline (replies need no extra greenlet), a send from anywhere else spawns a short-lived
   writer greenlet that exits when the outbox is empty.  (A new greenlet is not free: on
   CPython 3.11+ its first call maps a fresh 16 KiB frame stack, unmapped when it ends.)
-* **heartbeat** — one libev timer per session, no greenlet: on an idle connection it writes
-  the ping itself (one non-blocking ``send``), else it asks the writer for one; when no pong
-  came within ``pong_timeout``, it closes with 1011.
+* **heartbeat** — a deadline in the hub's wheel (`Heartbeats`: one timer for every
+  connection), no greenlet: on an idle connection it writes the ping itself (one
+  non-blocking ``send``), else it asks the writer for one; when no pong came within
+  ``pong_timeout``, it closes with 1011.
 
 Lifecycle, as a table (state → event → next state)::
 
@@ -70,6 +71,7 @@ from ..stats import Stats
 from ..types import Initiator
 from .assembler import Assembler
 from .frames import DeflateFrames, OutItem, deflater, encode_frame
+from .heartbeat import heartbeats_of
 from .protocol import ServerProtocol
 
 __all__ = ["Connection"]
@@ -213,8 +215,8 @@ class Connection:
         "_deflate",
         "_done",
         "_fast_send",
-        "_hb_timer",
         "_heartbeat_interval",
+        "_heartbeats",
         "_loop",
         "_on_message",
         "_outbox",
@@ -236,6 +238,7 @@ class Connection:
         "_writing",
         "extensions",
         "failure",
+        "heartbeat_slot",
         "stats",
     )
 
@@ -287,11 +290,12 @@ class Connection:
         self._room: Event | None = None
         self._closing: Closing | None = None
         self._close_timer: Any = None
-        self._hb_timer: Any = None
+        #: the heartbeat's deadline: its slot in the hub's wheel (`Heartbeats`), None when none
+        self.heartbeat_slot: int | None = None
         self._ping_due = False
         self._ping_seq = 0
         self._waiting_pong = False
-        #: the pong deadline passed while the reader was in application code (see _on_heartbeat)
+        #: the pong deadline passed while the reader was in application code (see heartbeat_due)
         self._pong_overdue = False
         #: the reader is running application code (a hook or a handler), not reading
         self._busy = False
@@ -300,6 +304,7 @@ class Connection:
         hub = gevent.get_hub()
         self._loop = hub.loop
         self._turns = _turns_of(hub) if write_delay else None
+        self._heartbeats = heartbeats_of(hub)
         self._on_message: Callable[[str | bytes], None] | None = None
         #: the exception that ended the connection abnormally, if any
         self.failure: BaseException | None = None
@@ -657,19 +662,17 @@ class Connection:
             self._arm(self._heartbeat_interval)
 
     def _arm(self, seconds: float) -> None:
-        timer = self._loop.timer(seconds)
-        timer.start(self._on_heartbeat)
-        old, self._hb_timer = self._hb_timer, timer
-        if old is not None:
-            old.stop()
+        self._heartbeats.schedule(self, seconds)
 
     def _stop_heartbeat(self) -> None:
-        timer, self._hb_timer = self._hb_timer, None
-        if timer is not None:
-            timer.stop()
+        self._heartbeats.cancel(self)
 
-    def _on_heartbeat(self) -> None:
-        # Runs in the hub: never block here, only ask the writer.
+    def heartbeat_failed(self, exc: BaseException) -> None:
+        """`Heartbeats`: `heartbeat_due` raised (a bug): end this connection, not the others."""
+        self._abort(exc)
+
+    def heartbeat_due(self) -> None:
+        """`Heartbeats`: the ping is due, or the pong is late.  Runs in the hub: never blocks."""
         if self._closing is not None or self._done:
             return
         if self._waiting_pong:
