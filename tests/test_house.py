@@ -37,6 +37,7 @@ FLOORS: list[set[str]] = [
         "transport.handshake",
         "transport.assembler",
         "transport.protocol",
+        "transport.heartbeat",
         "broker.base",
         "presence.base",
         "broker.local",
@@ -82,6 +83,7 @@ PURE = {
     "transport.handshake",
     "transport.assembler",
     "transport.protocol",
+    "transport.heartbeat",
 }
 
 
