@@ -156,17 +156,28 @@ CLIENT_WBITS = 9  # zlib makes no 8-bit raw deflate streams; a 9-bit one is with
 IP_BIND_ADDRESS_NO_PORT = 24
 
 
-def connect(port: int, path: str, timeout: float, deflate: bool = False, source: str | None = None) -> WSConn:
+def connect(
+    port: int,
+    path: str,
+    timeout: float,
+    deflate: bool = False,
+    source: str | None = None,
+    rcvbuf: int | None = None,
+) -> WSConn:
     """TCP connect and WebSocket upgrade; raises on refusal or after ``timeout``.
 
     ``deflate``: offer permessage-deflate and raise unless the server accepted it.
     ``source``: the local address to connect from (``127.0.0.2`` ...: Linux routes all of
     127/8 to loopback, and each source address has its own range of ephemeral ports).
+    ``rcvbuf``: a fixed receive buffer (``SO_RCVBUF``, set before ``connect`` so that it bounds
+    the window), instead of the kernel's autotuning up to ``net.ipv4.tcp_rmem``'s maximum.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if source is not None:
             sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source, 0))
@@ -397,13 +408,18 @@ def _count(errors: dict[str, int], exc: BaseException) -> None:
 
 
 def open_session(
-    proto: Protocol, port: int, timeout: float, deflate: bool = False, source: str | None = None
+    proto: Protocol,
+    port: int,
+    timeout: float,
+    deflate: bool = False,
+    source: str | None = None,
+    rcvbuf: int | None = None,
 ) -> WSConn:
     """Connect (from ``source``, see `connect`) and do ``proto``'s handshake.
 
     With ``deflate``, also one compressed request and answer.
     """
-    conn = connect(port, proto.path, timeout, deflate, source)
+    conn = connect(port, proto.path, timeout, deflate, source, rcvbuf)
     try:
         conn.sock.settimeout(timeout)
         proto.handshake(conn)

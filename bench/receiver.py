@@ -48,6 +48,10 @@ READ_SIZE = 1 << 16
 #: lazy reads between two looks at the probes during a sweep
 SWEEP_SLICE = 32
 PING, PONG, CLOSE = 0x9, 0xA, 0x8
+#: the never-reading clients' receive buffer: fixed, so that what they hide from the server does
+#: not depend on the machine's ``net.ipv4.tcp_rmem`` (autotuned up to 32 MiB on some machines,
+#: which holds a whole ``slow`` phase, and then no policy is ever needed)
+SLOW_RCVBUF = 64 * 1024
 
 
 @dataclass(eq=False)
@@ -272,12 +276,14 @@ def trigger(port: int, count: int, interval: float, size: int, timeout: float) -
         raise RuntimeError(f"the server refused the broadcast: {status.decode(errors='replace')!r}")
 
 
-def connect_all(proto: Protocol, port: int, count: int, concurrency: int, timeout: float) -> list[WSConn]:
+def connect_all(
+    proto: Protocol, port: int, count: int, concurrency: int, timeout: float, rcvbuf: int | None = None
+) -> list[WSConn]:
     gate = Semaphore(concurrency)
 
     def one() -> WSConn:
         with gate:
-            return open_session(proto, port, timeout)
+            return open_session(proto, port, timeout, rcvbuf=rcvbuf)
 
     greenlets = [gevent.spawn(one) for _ in range(count)]
     gevent.joinall(greenlets, timeout=timeout * (count / concurrency + 2))
@@ -298,7 +304,11 @@ def run(args: argparse.Namespace) -> None:
     conns = connect_all(proto, args.port, args.clients, 100, args.timeout)
     every = max(1, len(conns) // max(1, args.probes))
     readers = [Stream(c, i % every == 0, bytes(c.buf)) for i, c in enumerate(conns)]
-    slow = [Stream(c) for c in connect_all(proto, args.port, args.slow, 100, args.timeout)] if args.slow else []
+    slow = (
+        [Stream(c) for c in connect_all(proto, args.port, args.slow, 100, args.timeout, rcvbuf=SLOW_RCVBUF)]
+        if args.slow
+        else []
+    )
 
     # warm-up: the first broadcasts' lazy imports and allocations are not measured
     trigger(args.port, args.warmup, 0.0, args.size, args.timeout)
