@@ -1,5 +1,5 @@
-"""``python -m bench [idle] [echo] [fanout] [fanout-node] [slow] [cluster] [emitter] [channels] [churn] [history]
-[scale] [shards] [--quick] [--runs N] [--connections N] [--json PATH]``: the table.
+"""``python -m bench [idle] [echo] [fanout] [fanout-node] [fanout-burst] [slow] [cluster] [emitter] [channels]
+[churn] [history] [scale] [shards] [--quick] [--runs N] [--connections N] [--json PATH]``: the table.
 
 For every measurement a fresh server process (``taskset -c 0``) and a fresh load generator
 (``taskset -c 1``) are started, driven phase by phase over the load generator's stdin and
@@ -48,6 +48,7 @@ SCENARIOS = (
     "echo",
     "fanout",
     "fanout-node",
+    "fanout-burst",
     "slow",
     "cluster",
     "emitter",
@@ -59,7 +60,7 @@ SCENARIOS = (
 )
 #: what runs when no scenario is named (cluster, emitter, channels and churn need Redis and RabbitMQ, history
 #: Redis; scale takes minutes per run and a quiet machine; shards starts a Redis Cluster)
-DEFAULT_SCENARIOS = ("idle", "echo", "fanout", "fanout-node", "slow")
+DEFAULT_SCENARIOS = ("idle", "echo", "fanout", "fanout-node", "fanout-burst", "slow")
 LABELS = {"rtgevent-bare": "rtgevent bare", "rtgevent-full": "rtgevent full", "socketio": "Flask-SocketIO"}
 IDLE_LABELS = {"rtgevent-full": "rtgevent", "reference": "reference", "socketio": "Flask-SocketIO"}
 KIB = 1024
@@ -426,19 +427,20 @@ def main(argv: list[str] | None = None) -> int:
     bplans = {
         "fanout": fo.FANOUT_QUICK if args.quick else fo.FANOUT_FULL,
         "fanout-node": fo.FANOUT_QUICK if args.quick else fo.FANOUT_FULL,
+        "fanout-burst": fo.BURST_QUICK if args.quick else fo.BURST_FULL,
         "slow": fo.SLOW_QUICK if args.quick else fo.SLOW_FULL,
     }
     raise_nofile(1024)
 
     source = source_state()
     # asked once, before the first run: it may have to install ws (npm ci)
-    node_missing = nodejs.unavailable() if {"fanout", "fanout-node"} & set(scenarios) else None
+    node_missing = nodejs.unavailable() if fo.FANOUTS & set(scenarios) else None
     if node_missing:
         print(node_missing, file=sys.stderr, flush=True)
     idle: list[dict[str, Any]] = []
     echo: list[dict[str, Any]] = []
     multi: dict[str, list[dict[str, Any]]] = {"cluster": [], "emitter": []}
-    broadcasts: dict[str, list[dict[str, Any]]] = {"fanout": [], "fanout-node": [], "slow": []}
+    broadcasts: dict[str, list[dict[str, Any]]] = {"fanout": [], "fanout-node": [], "fanout-burst": [], "slow": []}
     rooms: dict[str, list[dict[str, Any]]] = {"channels": [], "churn": []}
     history: list[dict[str, Any]] = []
     scaled: list[dict[str, Any]] = []
@@ -556,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     if after != source:
         source = f"{source} at the start, {after} at the end"
     conds = conditions(args.runs, args.quick, source)
-    if any(r["kind"] == "node" for r in broadcasts["fanout"] + broadcasts["fanout-node"]):
+    if any(r["kind"] == "node" for scenario in fo.FANOUTS for r in broadcasts[scenario]):
         conds.append(nodejs.versions() + " (bench/node/server.js, pinned like the other servers)")
     if multi["cluster"] or multi["emitter"]:
         conds.append(cl.conditions(cplan))
@@ -625,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         *echo,
         *broadcasts["fanout"],
         *broadcasts["fanout-node"],
+        *broadcasts["fanout-burst"],
         *broadcasts["slow"],
         *multi["cluster"],
         *multi["emitter"],

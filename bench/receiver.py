@@ -254,9 +254,9 @@ def figures(streams: list[Stream], want: int) -> Figures:
     return out
 
 
-def trigger(port: int, count: int, interval: float, size: int, timeout: float) -> None:
+def trigger(port: int, count: int, interval: float, size: int, timeout: float, yield_every: int = 1) -> None:
     """Ask the server to start broadcasting; raises unless it says 202."""
-    query = f"count={count}&interval={interval}&size={size}"
+    query = f"count={count}&interval={interval}&size={size}&yield_every={yield_every}"
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         sock.sendall(
@@ -321,7 +321,7 @@ def run(args: argparse.Namespace) -> None:
 
     gc.disable()  # a collection pass over the arrivals would stall every probe at once
     cpu0 = cpu_now()
-    trigger(args.port, args.count, args.interval, args.size, args.timeout)
+    trigger(args.port, args.count, args.interval, args.size, args.timeout, args.yield_every)
     elapsed = read_phase(readers, args.count, args.time_limit, args.sweep, engineio)
     cpu = cpu_now() - cpu0
     gc.enable()
@@ -362,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, required=True, help="broadcasts in the measured phase")
     parser.add_argument("--size", type=int, default=100, help="bytes of each broadcast's data")
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between broadcasts (0: back to back)")
+    parser.add_argument(
+        "--yield-every", type=int, default=1, help="back to back, the server yields after every K broadcasts (0: never)"
+    )
     parser.add_argument("--warmup", type=int, default=5, help="broadcasts before the measured phase")
     parser.add_argument("--time-limit", type=float, default=60.0, help="bound on each receive phase, seconds")
     parser.add_argument("--drain-seconds", type=float, default=20.0, help="bound on the check of the slow ones")

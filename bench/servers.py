@@ -21,7 +21,7 @@ handshake itself); Flask-SocketIO at ``/socket.io/``.  Both servers log no acces
 ``GET /_bench/stats`` answers JSON counters (rtgevent: ``rt.stats()``; Flask-SocketIO: the
 number of Engine.IO sockets) so the driver can check that every connection is really there,
 plus what the broadcaster did and every session that ended since it started (`Broadcaster`).
-``POST /_bench/broadcast?count=N&interval=S&size=B`` starts the broadcaster of the ``fanout``
+``POST /_bench/broadcast?count=N&interval=S&size=B[&yield_every=K]`` starts the broadcaster of the ``fanout``
 and ``slow`` scenarios (``rtgevent-full``: ``rt.broadcast``; ``socketio``: ``socketio.emit``;
 ``reference``: `ReferenceServer.broadcast` of ``{"route":"tick","data":...}``).
 ``--compression`` turns permessage-deflate on (rtgevent: ``Config(compression=True)``;
@@ -75,12 +75,14 @@ def _json_response(start_response: Callable[..., Any], value: Any, status: str =
 class Broadcaster:
     """The server side of the ``fanout`` and ``slow`` scenarios: one greenlet broadcasting on request.
 
-    Message ``i`` is sent at ``start + i * interval`` (``interval`` 0: back to back, yielding
-    to the hub after each broadcast so the writers run, as any greenlet that loops over
-    broadcasts would).  Its data is ``"<i>:<CLOCK_MONOTONIC>:"`` padded with ``x`` to ``size``
-    bytes; the load generator, on the same machine, reads the clock at arrival.  Sessions that
-    end while it runs are recorded with their close code, reason and time since the start, so
-    the driver can tell how the slow consumers were closed.
+    Message ``i`` is sent at ``start + i * interval``.  Back to back (``interval`` 0), it yields
+    to the hub after every ``yield_every`` broadcasts so the writers run, as a greenlet that
+    loops over broadcasts would (1, the default: after each); 0 never yields, so the whole
+    burst is queued in one pass of the hub before anything is written.  Its data is
+    ``"<i>:<CLOCK_MONOTONIC>:"`` padded with ``x`` to ``size`` bytes; the load generator, on the
+    same machine, reads the clock at arrival.  Sessions that end while it runs are recorded with
+    their close code, reason and time since the start, so the driver can tell how the slow
+    consumers were closed.
     """
 
     def __init__(self, send: Callable[[str], None]) -> None:
@@ -92,19 +94,20 @@ class Broadcaster:
         self.calls: list[float] = []
         self.closes: list[dict[str, Any]] = []
 
-    def start(self, count: int, interval: float, size: int) -> None:
+    def start(self, count: int, interval: float, size: int, yield_every: int = 1) -> None:
         if self.started is not None and self.finished is None:
             raise RuntimeError("a broadcast is already running")
         self.started, self.finished, self.sent = time.monotonic(), None, 0
         self.calls.clear()
         self.closes.clear()
-        gevent.spawn(self._run, count, interval, size)
+        gevent.spawn(self._run, count, interval, size, yield_every)
 
-    def _run(self, count: int, interval: float, size: int) -> None:
+    def _run(self, count: int, interval: float, size: int, yield_every: int) -> None:
         assert self.started is not None
         start = self.started
         for i in range(count):
-            gevent.sleep(max(0.0, start + i * interval - time.monotonic()))
+            if interval or (yield_every and i % yield_every == 0):
+                gevent.sleep(max(0.0, start + i * interval - time.monotonic()))
             stamp = f"{i}:{time.monotonic():.6f}:"
             data = stamp + "x" * (size - len(stamp))
             called = time.monotonic()
@@ -131,9 +134,10 @@ class Broadcaster:
         try:
             args = {k: v[0] for k, v in urllib.parse.parse_qs(query).items()}
             count, interval, size = int(args["count"]), float(args["interval"]), int(args["size"])
-            if not (0 < count <= 100_000 and 0 <= interval <= 10 and 32 <= size <= 1 << 20):
-                raise ValueError("count, interval or size out of bounds")
-            self.start(count, interval, size)
+            yield_every = int(args.get("yield_every", "1"))
+            if not (0 < count <= 100_000 and 0 <= interval <= 10 and 32 <= size <= 1 << 20 and yield_every >= 0):
+                raise ValueError("count, interval, size or yield_every out of bounds")
+            self.start(count, interval, size, yield_every)
         except (KeyError, ValueError, RuntimeError) as exc:
             return "400 Bad Request", {"error": str(exc)}
         return "202 Accepted", {"started": True}

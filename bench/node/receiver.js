@@ -9,7 +9,7 @@
 //
 //   -> {"event": "ready"}   <- go   -> {"event": "done", ...figures...}   <- close   -> {"event": "closed"}
 //
-// and takes the same arguments (KIND --port P --clients N --count C --size B --interval S ...).
+// and takes the same arguments (KIND --port P --clients N --count C --size B --interval S --yield-every K ...).
 // Every 20th connection is a probe whose deliveries give the latency (arrival minus the stamp
 // "<i>:<CLOCK_MONOTONIC>:" in the data; process.hrtime reads CLOCK_MONOTONIC on Linux, the
 // clock the servers stamp with); every connection counts for lost and duplicate messages.
@@ -50,7 +50,8 @@ function stamp(data) {
 function parseArgs(argv) {
   const args = { kind: argv[0], probes: 50, size: 100, interval: 0, warmup: 5, slow: 0 };
   Object.assign(args, { timeLimit: 60, timeout: 30, maxSeconds: 600, port: 0, clients: 0, count: 0 });
-  const names = { "--time-limit": "timeLimit", "--max-seconds": "maxSeconds" };
+  args.yieldEvery = 1;
+  const names = { "--time-limit": "timeLimit", "--max-seconds": "maxSeconds", "--yield-every": "yieldEvery" };
   for (let i = 1; i < argv.length; i += 2) {
     const flag = argv[i];
     const key = names[flag] || flag.replace(/^--/, "");
@@ -227,10 +228,10 @@ function receive(streams, want) {
   });
 }
 
-function trigger(count, size) {
+function trigger(count, size, yieldEvery) {
   return new Promise((resolve, reject) => {
     const req = http.request(
-      { host: "127.0.0.1", port: args.port, method: "POST", path: `/_bench/broadcast?count=${count}&interval=${args.interval}&size=${size}` },
+      { host: "127.0.0.1", port: args.port, method: "POST", path: `/_bench/broadcast?count=${count}&interval=${args.interval}&size=${size}&yield_every=${yieldEvery}` },
       (res) => {
         res.resume();
         if (res.statusCode === 202) resolve();
@@ -274,7 +275,7 @@ async function main() {
 
   // warm-up: the first broadcasts' allocations and the JIT are not measured
   const warm = receive(streams, args.warmup);
-  await trigger(args.warmup, args.size);
+  await trigger(args.warmup, args.size, 1);
   await warm;
   const warmup = figures(streams, args.warmup);
   emit("ready", { warmup_lost: warmup.lost, warmup_closed: streams.filter((s) => s.closed).length });
@@ -282,7 +283,7 @@ async function main() {
 
   const cpu0 = cpuSeconds();
   const phaseDone = receive(streams, args.count);
-  await trigger(args.count, args.size);
+  await trigger(args.count, args.size, args.yieldEvery);
   const elapsed = await phaseDone;
   const cpu = cpuSeconds() - cpu0;
   const result = figures(streams, args.count);

@@ -4,10 +4,11 @@
 // treat it like them: `READY <port>` on stdout once listening (127.0.0.1 only), data frames
 // echoed, a ping every 30 s (a connection whose last ping got no pong is terminated),
 // `GET /_bench/stats` (connections, what the broadcaster did, sessions that ended since it
-// started) and `POST /_bench/broadcast?count=N&interval=S&size=B`, which sends message i with
-// data "<i>:<CLOCK_MONOTONIC>:xxx..." in rtgevent's envelope {"route":"tick","data":...} to
-// every client at start + i * interval, yielding to the event loop (setImmediate) after each
-// broadcast as bench/servers.py's Broadcaster yields to the gevent hub. process.hrtime reads
+// started) and `POST /_bench/broadcast?count=N&interval=S&size=B[&yield_every=K]`, which sends
+// message i with data "<i>:<CLOCK_MONOTONIC>:xxx..." in rtgevent's envelope {"route":"tick","data":...}
+// to every client at start + i * interval; back to back, it yields to the event loop
+// (setImmediate) after every K broadcasts (1, the default: after each; 0: never) as
+// bench/servers.py's Broadcaster yields to the gevent hub. process.hrtime reads
 // CLOCK_MONOTONIC on Linux, the clock the Python receiver stamps arrivals with.
 "use strict";
 
@@ -27,30 +28,35 @@ function json(res, status, value) {
   res.end(body);
 }
 
-function broadcast(count, interval, size) {
+function broadcast(count, interval, size, yieldEvery) {
   const start = monotonic();
   Object.assign(state, { started: start, finished: null, sent: 0, closes: [] });
   let i = 0;
   const next = () => {
-    if (i >= count) {
-      state.finished = monotonic();
-      return;
+    for (let n = 0; ; n++) {
+      if (i >= count) {
+        state.finished = monotonic();
+        return;
+      }
+      const wait = start + i * interval - monotonic();
+      if (wait > 0) {
+        setTimeout(next, wait * 1000);
+        return;
+      }
+      if (n > 0 && (interval > 0 || (yieldEvery > 0 && i % yieldEvery === 0))) {
+        setImmediate(next);
+        return;
+      }
+      const stamp = `${i}:${monotonic().toFixed(6)}:`;
+      const frame = JSON.stringify({ route: "tick", data: stamp + "x".repeat(Math.max(0, size - stamp.length)) });
+      for (const client of wss.clients) {
+        if (client.readyState === WebSocket.OPEN) client.send(frame);
+      }
+      state.sent += 1;
+      i += 1;
     }
-    const wait = start + i * interval - monotonic();
-    if (wait > 0) {
-      setTimeout(next, wait * 1000);
-      return;
-    }
-    const stamp = `${i}:${monotonic().toFixed(6)}:`;
-    const frame = JSON.stringify({ route: "tick", data: stamp + "x".repeat(Math.max(0, size - stamp.length)) });
-    for (const client of wss.clients) {
-      if (client.readyState === WebSocket.OPEN) client.send(frame);
-    }
-    state.sent += 1;
-    i += 1;
-    setImmediate(next);
   };
-  next();
+  setImmediate(next); // the 202 leaves first, as from the Python servers
 }
 
 function control(req, res) {
@@ -64,12 +70,14 @@ function control(req, res) {
     const count = Number(url.searchParams.get("count"));
     const interval = Number(url.searchParams.get("interval"));
     const size = Number(url.searchParams.get("size"));
-    if (!(Number.isInteger(count) && count > 0 && count <= 100000 && interval >= 0 && interval <= 10 && size >= 32 && size <= 1 << 20)) {
-      json(res, 400, { error: "count, interval or size out of bounds" });
+    const yieldEvery = Number(url.searchParams.get("yield_every") ?? "1");
+    const bounded = count <= 100000 && interval >= 0 && interval <= 10 && size >= 32 && size <= 1 << 20;
+    if (!(Number.isInteger(count) && count > 0 && bounded && Number.isInteger(yieldEvery) && yieldEvery >= 0)) {
+      json(res, 400, { error: "count, interval, size or yield_every out of bounds" });
     } else if (state.started !== null && state.finished === null) {
       json(res, 400, { error: "a broadcast is already running" });
     } else {
-      broadcast(count, interval, size);
+      broadcast(count, interval, size, yieldEvery);
       json(res, 202, { started: true });
     }
     return;
